@@ -1,0 +1,76 @@
+"""The `meter` command line. Each command is a few lines over a library call; domain errors
+become one clear line (click.ClickException), never a traceback."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+
+import click
+from rich.console import Console
+from rich.live import Live
+
+from agent import __version__
+from agent.status_view import status_json, status_table
+from probes.devices import get_devices
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="meter")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """meterd: what a token really costs on your own hardware.
+
+    Measures the node's devices, the tokens its inference servers make, and what each million
+    tokens costs in energy, capital and operations.
+    """
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
+@click.option("--watch", type=click.FloatRange(min=0.2), is_flag=False, flag_value=2.0, default=None,
+              metavar="[SECONDS]", help="Refresh every SECONDS (default 2) until Ctrl-C. With --json, one JSON object per line.")
+def status(as_json: bool, watch: float | None) -> None:
+    """What the node has and draws right now: one row per GPU and CPU.
+
+    Every power and energy figure names its source: counter (a hardware energy counter),
+    instant or average (the device's power sensor), or estimated (a model, e.g. CPU TDP x
+    utilization when RAPL cannot be read).
+    """
+    node_name = socket.gethostname()
+    node = get_devices()
+    try:
+        if watch is None:
+            _print_status(node_name, node, as_json)
+            return
+        if as_json:
+            while True:
+                _print_status(node_name, node, True)
+                time.sleep(watch)
+        console = Console()
+        with Live(console=console, auto_refresh=False) as live:
+            while True:
+                samples = [d.sample() for d in node.devices]
+                live.update(status_table(node_name, time.time(), samples, node.gpus.reason), refresh=True)
+                time.sleep(watch)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        node.close()
+
+
+def _print_status(node_name, node, as_json: bool) -> None:
+    samples = [d.sample() for d in node.devices]
+    at = time.time()
+    if as_json:
+        click.echo(json.dumps(status_json(node_name, at, samples, node.gpus.reason)))
+    else:
+        Console().print(status_table(node_name, at, samples, node.gpus.reason))
+
+
+if __name__ == "__main__":
+    main()

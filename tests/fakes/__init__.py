@@ -1,0 +1,1 @@
+"""The one fake NVML and the fake inference servers every test uses."""

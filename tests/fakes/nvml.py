@@ -1,0 +1,404 @@
+"""A faithful fake NVML, shared by every test that touches GPU code.
+
+It builds a stand-in ``pynvml`` module from the real binding's constants, exception classes
+and ctypes structures, with the functions played by :class:`FakeNvml`:
+
+- several GPUs whose power follows a piecewise-linear load curve in time,
+- energy counters (mJ) that advance with the exact integral of that power and can reset
+  (a driver reload),
+- NOT_SUPPORTED per architecture (no energy counter before Volta, no power fields before Hopper,
+  no MIG outside A100/H100/H200/B200),
+- a GPU that falls off the bus at a given time (every call then raises GPU_IS_LOST),
+- MIG instances, running compute processes,
+- NVML missing entirely (library not found) or the driver not loaded.
+
+Time comes from ``clock`` (a callable returning seconds); tests pass a :class:`ManualClock`.
+"""
+
+from __future__ import annotations
+
+import time
+import types
+from dataclasses import dataclass, field
+from typing import Callable
+
+import pynvml as real
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+class ManualClock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.t = start
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+def integrate(curve: list[tuple[float, float]], a: float, b: float) -> float:
+    """Exact integral (watt-seconds = joules) of a piecewise-linear curve from a to b.
+
+    ``curve`` is [(t, watts), ...] sorted by t; flat before the first point and after the last.
+    """
+    if b <= a:
+        return 0.0
+    pts = list(curve)
+    knots = sorted({a, b, *(t for t, _ in pts if a < t < b)})
+    total = 0.0
+    for lo, hi in zip(knots, knots[1:]):
+        total += (power_at(pts, lo) + power_at(pts, hi)) / 2 * (hi - lo)
+    return total
+
+
+def power_at(curve: list[tuple[float, float]], t: float) -> float:
+    if t <= curve[0][0]:
+        return curve[0][1]
+    for (t0, w0), (t1, w1) in zip(curve, curve[1:]):
+        if t0 <= t <= t1:
+            return w0 if t1 == t0 else w0 + (w1 - w0) * (t - t0) / (t1 - t0)
+    return curve[-1][1]
+
+
+ARCH = {
+    "pascal": real.NVML_DEVICE_ARCH_PASCAL,
+    "volta": real.NVML_DEVICE_ARCH_VOLTA,
+    "ampere": real.NVML_DEVICE_ARCH_AMPERE,
+    "ada": real.NVML_DEVICE_ARCH_ADA,
+    "hopper": real.NVML_DEVICE_ARCH_HOPPER,
+}
+
+
+@dataclass
+class FakeMig:
+    gpu_instance_id: int
+    compute_instance_id: int
+    mem_total_bytes: int
+    mem_used_bytes: int = 0
+    uuid: str = ""
+
+
+@dataclass
+class FakeGpu:
+    """One fake GPU. ``curve`` is watts over seconds since the fake started."""
+
+    name: str = "NVIDIA H100 80GB HBM3"
+    arch: str = "hopper"
+    mem_total_bytes: int = 80 * GiB
+    mem_used_bytes: int = 1 * GiB
+    idle_w: float = 70.0
+    max_w: float = 700.0
+    curve: list[tuple[float, float]] = field(default_factory=lambda: [(0.0, 100.0)])
+    uuid: str = ""
+    pci_bus_id: str = ""
+    lost_at: float | None = None  # seconds since start at which it falls off the bus
+    energy_offset_s: float = 0.0  # the energy counter counts from here (a reset moves it)
+    energy_base_mj: int = 0
+    mig: list[FakeMig] | None = None
+    processes: list[tuple[int, int]] = field(default_factory=list)  # (pid, used bytes)
+    throttle_mask: int = 0
+    sm_clock_mhz: int = 1980
+    mem_clock_mhz: int = 2619
+    temperature_c: int = 41
+    power_limit_w: float | None = None
+
+    def supports_energy(self) -> bool:
+        return ARCH[self.arch] >= real.NVML_DEVICE_ARCH_VOLTA
+
+    def supports_power_fields(self) -> bool:
+        return ARCH[self.arch] >= real.NVML_DEVICE_ARCH_HOPPER
+
+    def supports_mig(self) -> bool:
+        return any(k in self.name for k in ("A100", "H100", "H200", "B200", "A30"))
+
+
+def h100(**kw) -> FakeGpu:
+    return FakeGpu(**kw)
+
+
+def a100(**kw) -> FakeGpu:
+    kw.setdefault("name", "NVIDIA A100-SXM4-80GB")
+    kw.setdefault("arch", "ampere")
+    kw.setdefault("max_w", 400.0)
+    kw.setdefault("idle_w", 50.0)
+    return FakeGpu(**kw)
+
+
+def p100(**kw) -> FakeGpu:
+    kw.setdefault("name", "Tesla P100-PCIE-16GB")
+    kw.setdefault("arch", "pascal")
+    kw.setdefault("max_w", 250.0)
+    kw.setdefault("idle_w", 30.0)
+    kw.setdefault("mem_total_bytes", 16 * GiB)
+    return FakeGpu(**kw)
+
+
+class _Handle:
+    def __init__(self, gpu: FakeGpu, index: int, mig: FakeMig | None = None) -> None:
+        self.gpu, self.index, self.mig = gpu, index, mig
+
+
+class FakeNvml:
+    """The fake library's state. ``module`` is what replaces ``pynvml`` in probes."""
+
+    def __init__(
+        self,
+        gpus: list[FakeGpu] | None = None,
+        clock: Callable[[], float] = time.time,
+        missing: str | None = None,  # None, "library" or "driver"
+        driver_version: str = "570.124.06",
+    ) -> None:
+        self.gpus = list(gpus or [])
+        self.clock = clock
+        self.start = clock()
+        self.missing = missing
+        self.driver_version = driver_version
+        self.initialised = 0
+        self.calls: list[str] = []
+        for i, g in enumerate(self.gpus):
+            g.uuid = g.uuid or f"GPU-{i:08x}-fake-4000-8000-{i:012x}"
+            g.pci_bus_id = g.pci_bus_id or f"00000000:{0x18 + i:02X}:00.0"
+            for j, m in enumerate(g.mig or []):
+                m.uuid = m.uuid or f"MIG-{i:04x}{j:04x}-fake"
+        self.module = self._build_module()
+
+    # -- test controls ------------------------------------------------------------------------
+
+    def elapsed(self) -> float:
+        return self.clock() - self.start
+
+    def power_w(self, index: int, at: float | None = None) -> float:
+        g = self.gpus[index]
+        return power_at(g.curve, self.elapsed() if at is None else at)
+
+    def energy_j(self, index: int) -> float:
+        """What the energy counter reads now, in joules."""
+        g = self.gpus[index]
+        return (g.energy_base_mj + int(integrate(g.curve, g.energy_offset_s, self.elapsed()) * 1000)) / 1000
+
+    def reset_energy(self, index: int) -> None:
+        """The driver reloaded: the counter starts again from zero now."""
+        g = self.gpus[index]
+        g.energy_offset_s = self.elapsed()
+        g.energy_base_mj = 0
+
+    def lose(self, index: int, after_s: float = 0.0) -> None:
+        """GPU ``index`` falls off the bus ``after_s`` seconds from now."""
+        self.gpus[index].lost_at = self.elapsed() + after_s
+
+    def install(self, monkeypatch) -> "FakeNvml":
+        """Patch the ``pynvml`` that probes use."""
+        import probes.nvml
+
+        monkeypatch.setattr(probes.nvml, "pynvml", self.module)
+        return self
+
+    # -- the fake library -----------------------------------------------------------------------
+
+    def _raise(self, code: int):
+        raise real.NVMLError(code)
+
+    def _check(self, h: _Handle) -> FakeGpu:
+        if not self.initialised:
+            self._raise(real.NVML_ERROR_UNINITIALIZED)
+        if not isinstance(h, _Handle):
+            self._raise(real.NVML_ERROR_INVALID_ARGUMENT)
+        g = h.gpu
+        if g.lost_at is not None and self.elapsed() >= g.lost_at:
+            self._raise(real.NVML_ERROR_GPU_IS_LOST)
+        return g
+
+    def _build_module(self) -> types.ModuleType:
+        m = types.ModuleType("pynvml")
+        for name in dir(real):
+            if name.startswith(("NVML_", "nvmlClocks", "NVMLError", "c_nvml")):
+                setattr(m, name, getattr(real, name))
+        fake = self
+
+        def fn(f):
+            def wrapper(*args):
+                fake.calls.append(f.__name__)
+                return f(*args)
+            wrapper.__name__ = f.__name__
+            setattr(m, f.__name__, wrapper)
+            return f
+
+        @fn
+        def nvmlInit():
+            if fake.missing == "library":
+                fake._raise(real.NVML_ERROR_LIBRARY_NOT_FOUND)
+            if fake.missing == "driver":
+                fake._raise(real.NVML_ERROR_DRIVER_NOT_LOADED)
+            fake.initialised += 1
+
+        @fn
+        def nvmlShutdown():
+            if not fake.initialised:
+                fake._raise(real.NVML_ERROR_UNINITIALIZED)
+            fake.initialised -= 1
+
+        @fn
+        def nvmlSystemGetDriverVersion():
+            if not fake.initialised:
+                fake._raise(real.NVML_ERROR_UNINITIALIZED)
+            return fake.driver_version
+
+        @fn
+        def nvmlDeviceGetCount():
+            if not fake.initialised:
+                fake._raise(real.NVML_ERROR_UNINITIALIZED)
+            return len(fake.gpus)
+
+        @fn
+        def nvmlDeviceGetHandleByIndex(i):
+            if not fake.initialised:
+                fake._raise(real.NVML_ERROR_UNINITIALIZED)
+            if not 0 <= i < len(fake.gpus):
+                fake._raise(real.NVML_ERROR_INVALID_ARGUMENT)
+            h = _Handle(fake.gpus[i], i)
+            fake._check(h)
+            return h
+
+        @fn
+        def nvmlDeviceGetName(h):
+            fake._check(h)
+            return h.gpu.name if h.mig is None else f"{h.gpu.name} MIG"
+
+        @fn
+        def nvmlDeviceGetUUID(h):
+            fake._check(h)
+            return h.gpu.uuid if h.mig is None else h.mig.uuid
+
+        @fn
+        def nvmlDeviceGetPciInfo(h):
+            fake._check(h)
+            info = real.nvmlPciInfo_t()
+            info.busId = h.gpu.pci_bus_id.encode()
+            return info
+
+        @fn
+        def nvmlDeviceGetArchitecture(h):
+            return ARCH[fake._check(h).arch]
+
+        @fn
+        def nvmlDeviceGetPowerUsage(h):
+            g = fake._check(h)
+            t = fake.elapsed()
+            if ARCH[g.arch] >= real.NVML_DEVICE_ARCH_AMPERE and "A100" not in g.name:
+                return int(integrate(g.curve, t - 1.0, t) * 1000)  # 1 s average, mW
+            return int(power_at(g.curve, t) * 1000)
+
+        @fn
+        def nvmlDeviceGetFieldValues(h, field_ids):
+            g = fake._check(h)
+            t = fake.elapsed()
+            values = (real.c_nvmlFieldValue_t * len(field_ids))()
+            for i, fid in enumerate(field_ids):
+                v = values[i]
+                v.fieldId = fid
+                v.timestamp = int(fake.clock() * 1e6)
+                if fid == real.NVML_FI_DEV_POWER_INSTANT and g.supports_power_fields():
+                    v.nvmlReturn, v.value.uiVal = 0, int(power_at(g.curve, t) * 1000)
+                elif fid == real.NVML_FI_DEV_POWER_AVERAGE and g.supports_power_fields():
+                    v.nvmlReturn, v.value.uiVal = 0, int(integrate(g.curve, t - 1.0, t) * 1000)
+                else:
+                    v.nvmlReturn = real.NVML_ERROR_NOT_SUPPORTED
+            return values
+
+        @fn
+        def nvmlDeviceGetTotalEnergyConsumption(h):
+            g = fake._check(h)
+            if not g.supports_energy():
+                fake._raise(real.NVML_ERROR_NOT_SUPPORTED)
+            return int(round(fake.energy_j(h.index) * 1000))
+
+        @fn
+        def nvmlDeviceGetUtilizationRates(h):
+            g = fake._check(h)
+            p = power_at(g.curve, fake.elapsed())
+            u = real.c_nvmlUtilization_t()
+            u.gpu = int(round(max(0.0, min(1.0, (p - g.idle_w) / (g.max_w - g.idle_w))) * 100))
+            u.memory = u.gpu // 2
+            return u
+
+        @fn
+        def nvmlDeviceGetMemoryInfo(h):
+            fake._check(h)
+            mem = real.c_nvmlMemory_t()
+            if h.mig is not None:
+                mem.total, mem.used = h.mig.mem_total_bytes, h.mig.mem_used_bytes
+            else:
+                mem.total, mem.used = h.gpu.mem_total_bytes, h.gpu.mem_used_bytes
+            mem.free = mem.total - mem.used
+            return mem
+
+        @fn
+        def nvmlDeviceGetClockInfo(h, clock_type):
+            g = fake._check(h)
+            return g.sm_clock_mhz if clock_type == real.NVML_CLOCK_SM else g.mem_clock_mhz
+
+        @fn
+        def nvmlDeviceGetTemperature(h, sensor):
+            return fake._check(h).temperature_c
+
+        @fn
+        def nvmlDeviceGetEnforcedPowerLimit(h):
+            g = fake._check(h)
+            return int((g.power_limit_w or g.max_w) * 1000)
+
+        @fn
+        def nvmlDeviceGetCurrentClocksEventReasons(h):
+            return fake._check(h).throttle_mask
+
+        @fn
+        def nvmlDeviceGetMigMode(h):
+            g = fake._check(h)
+            if not g.supports_mig():
+                fake._raise(real.NVML_ERROR_NOT_SUPPORTED)
+            on = 1 if g.mig else 0
+            return [on, on]
+
+        @fn
+        def nvmlDeviceGetMaxMigDeviceCount(h):
+            g = fake._check(h)
+            if not g.supports_mig():
+                fake._raise(real.NVML_ERROR_NOT_SUPPORTED)
+            return 7
+
+        @fn
+        def nvmlDeviceGetMigDeviceHandleByIndex(h, i):
+            g = fake._check(h)
+            if not g.mig or i >= len(g.mig):
+                fake._raise(real.NVML_ERROR_NOT_FOUND)
+            return _Handle(g, h.index, g.mig[i])
+
+        @fn
+        def nvmlDeviceGetGpuInstanceId(h):
+            fake._check(h)
+            if h.mig is None:
+                fake._raise(real.NVML_ERROR_INVALID_ARGUMENT)
+            return h.mig.gpu_instance_id
+
+        @fn
+        def nvmlDeviceGetComputeInstanceId(h):
+            fake._check(h)
+            if h.mig is None:
+                fake._raise(real.NVML_ERROR_INVALID_ARGUMENT)
+            return h.mig.compute_instance_id
+
+        @fn
+        def nvmlDeviceGetComputeRunningProcesses(h):
+            g = fake._check(h)
+            out = []
+            for pid, used in g.processes:
+                p = real.c_nvmlProcessInfo_v3_t()
+                p.pid, p.usedGpuMemory = pid, used
+                out.append(p)
+            return out
+
+        return m
