@@ -1,0 +1,226 @@
+"""The node's ledger: SQLite through sqlite-utils, WAL with ``synchronous=FULL`` (WAL+NORMAL can
+lose committed transactions on power loss), a busy timeout, and schema migrations from the first
+version on (``PRAGMA user_version``).
+
+Tables: ``samples`` (raw device readings, pruned after N days), ``windows`` (billed minutes, kept
+for good; also the outbox), ``window_usage`` (per model and tenant inside a window),
+``rollups`` (hourly and daily sums maintained as windows close) and ``bench_results``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import sqlite_utils
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+def default_db_path() -> Path:
+    """``$STATE_DIRECTORY/meterd.db`` under systemd, else the user's data directory."""
+    state = os.environ.get("STATE_DIRECTORY")
+    if state:
+        return Path(state.split(":")[0]) / "meterd.db"
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(data) / "meterd" / "meterd.db"
+
+
+def _m1_initial(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE samples (
+            id INTEGER PRIMARY KEY,
+            device TEXT NOT NULL,
+            at REAL NOT NULL,
+            state TEXT NOT NULL,
+            power_w REAL, power_source TEXT,
+            energy_j REAL, energy_source TEXT,
+            util_pct REAL,
+            mem_used_bytes INTEGER
+        );
+        CREATE INDEX samples_at ON samples(at);
+
+        CREATE TABLE windows (
+            id INTEGER PRIMARY KEY,
+            node TEXT NOT NULL,
+            device TEXT NOT NULL,
+            device_name TEXT,
+            start REAL NOT NULL,
+            end REAL NOT NULL,
+            energy_j REAL,
+            energy_source TEXT,
+            avg_power_w REAL,
+            util_pct REAL,
+            prompt_tokens INTEGER NOT NULL DEFAULT 0,
+            completion_tokens INTEGER NOT NULL DEFAULT 0,
+            cost_capex_micro INTEGER NOT NULL,
+            cost_energy_micro INTEGER NOT NULL,
+            cost_opex_micro INTEGER NOT NULL,
+            cost_micro INTEGER NOT NULL,
+            cost_prompt_micro INTEGER NOT NULL DEFAULT 0,
+            cost_completion_micro INTEGER NOT NULL DEFAULT 0,
+            currency TEXT NOT NULL,
+            partial INTEGER NOT NULL DEFAULT 0,
+            gap_s REAL NOT NULL DEFAULT 0,
+            flags TEXT NOT NULL DEFAULT '[]',
+            config_hash TEXT,
+            agent_version TEXT,
+            event_id TEXT NOT NULL,
+            shipped_at REAL,
+            quarantine_reason TEXT,
+            UNIQUE (node, device, start)
+        );
+        CREATE INDEX windows_start ON windows(start);
+        CREATE INDEX windows_unshipped ON windows(shipped_at) WHERE shipped_at IS NULL;
+
+        CREATE TABLE window_usage (
+            window_id INTEGER NOT NULL REFERENCES windows(id),
+            model TEXT NOT NULL,
+            tenant TEXT NOT NULL DEFAULT '',
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            cost_micro INTEGER NOT NULL,
+            cost_prompt_micro INTEGER NOT NULL,
+            cost_completion_micro INTEGER NOT NULL,
+            PRIMARY KEY (window_id, model, tenant)
+        );
+
+        CREATE TABLE rollups (
+            period TEXT NOT NULL,          -- 'hour' or 'day'
+            bucket REAL NOT NULL,          -- Unix seconds of the period's start (UTC)
+            node TEXT NOT NULL,
+            device TEXT NOT NULL,
+            model TEXT NOT NULL,           -- '' for the device's whole window (idle included)
+            tenant TEXT NOT NULL,
+            windows INTEGER NOT NULL,
+            seconds REAL NOT NULL,
+            energy_j REAL NOT NULL,
+            util_pct_s REAL NOT NULL,      -- utilization x seconds, so means are exact ratios
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            cost_capex_micro INTEGER NOT NULL,
+            cost_energy_micro INTEGER NOT NULL,
+            cost_opex_micro INTEGER NOT NULL,
+            cost_micro INTEGER NOT NULL,
+            cost_prompt_micro INTEGER NOT NULL,
+            cost_completion_micro INTEGER NOT NULL,
+            idle_cost_micro INTEGER NOT NULL,
+            PRIMARY KEY (period, bucket, node, device, model, tenant)
+        );
+
+        CREATE TABLE bench_results (
+            id INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            at REAL NOT NULL,
+            node TEXT NOT NULL,
+            device TEXT NOT NULL,
+            device_name TEXT,
+            kernel TEXT NOT NULL,
+            dtype TEXT NOT NULL,
+            value REAL NOT NULL,
+            unit TEXT NOT NULL,
+            pct_of_peak REAL,
+            watts REAL,
+            energy_j REAL,
+            energy_source TEXT,
+            spread REAL,
+            versions TEXT NOT NULL DEFAULT '{}'
+        );
+        CREATE INDEX bench_results_run ON bench_results(run_id);
+        """
+    )
+
+
+#: Append only. Each entry moves the schema from version i to i+1.
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial]
+
+
+class Store:
+    """The node's SQLite ledger. One instance per process; not shared across threads."""
+
+    def __init__(self, path: str | os.PathLike | None = None) -> None:
+        self.path = Path(path) if path is not None else default_db_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        self.db = sqlite_utils.Database(conn)
+        self.migrate()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        return self.db.conn
+
+    def schema_version(self) -> int:
+        return self.conn.execute("PRAGMA user_version").fetchone()[0]
+
+    def migrate(self) -> None:
+        version = self.schema_version()
+        if version > len(MIGRATIONS):
+            raise RuntimeError(
+                f"{self.path} has schema version {version}, newer than this meterd knows "
+                f"({len(MIGRATIONS)}): upgrade meterd"
+            )
+        for i in range(version, len(MIGRATIONS)):
+            with self.transaction():
+                MIGRATIONS[i](self.db)
+                self.conn.execute(f"PRAGMA user_version = {i + 1}")
+
+    def transaction(self):
+        """``BEGIN IMMEDIATE`` ... ``COMMIT`` (rollback on error), for read-then-write."""
+        return _Immediate(self.conn)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- bench results --------------------------------------------------------------------------
+
+    def save_bench(self, run_id: str, node: str, at: float, rows: Iterable[dict[str, Any]],
+                   versions: dict[str, Any]) -> int:
+        """Store one bench run's results; returns how many rows were written."""
+        payload = [
+            {
+                "run_id": run_id, "at": at, "node": node,
+                "device": r["device"], "device_name": r.get("device_name"),
+                "kernel": r["kernel"], "dtype": r["dtype"], "value": r["value"], "unit": r["unit"],
+                "pct_of_peak": r.get("pct_of_peak"), "watts": r.get("watts"),
+                "energy_j": r.get("energy_j"), "energy_source": r.get("energy_source"),
+                "spread": r.get("spread"), "versions": json.dumps(versions, sort_keys=True),
+            }
+            for r in rows
+        ]
+        with self.transaction():
+            self.db["bench_results"].insert_all(payload)
+        return len(payload)
+
+    def latest_bench(self, device: str | None = None) -> list[dict[str, Any]]:
+        """The rows of the newest bench run (for one device, if given)."""
+        where, args = ("WHERE device = ?", [device]) if device else ("", [])
+        row = self.conn.execute(
+            f"SELECT run_id FROM bench_results {where} ORDER BY at DESC, id DESC LIMIT 1", args
+        ).fetchone()
+        if row is None:
+            return []
+        q = "SELECT * FROM bench_results WHERE run_id = ?" + (" AND device = ?" if device else "")
+        return list(self.db.query(q, [row[0], *args]))
+
+
+class _Immediate:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        else:
+            self.conn.execute("ROLLBACK")
