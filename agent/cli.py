@@ -72,5 +72,8 @@ def _print_status(node_name, node, as_json: bool) -> None:
         Console().print(status_table(node_name, at, samples, node.gpus.reason))
 
 
+# Commands that live in their own modules register here, one line each.
+
+
 if __name__ == "__main__":
     main()
