@@ -1,0 +1,83 @@
+"""The wire format (docs/wire-format.md): one CloudEvents 1.0 event per device-window.
+
+Pure: builds events from stored window rows. The id is derived from (node, device, window start)
+so a resend is the same event and any sink can deduplicate it.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+EVENT_TYPE = "meterd.window.v1"
+BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
+METERD_NAMESPACE = uuid.UUID("5b0a3f52-9a6c-4c8e-8f0e-6d1f0e3b7a21")
+
+
+def iso(ts: float) -> str:
+    """UTC ISO-8601 with a Z, to the millisecond when the time has a fraction."""
+    dt = datetime.fromtimestamp(ts, timezone.utc)
+    spec = "seconds" if dt.microsecond == 0 else "milliseconds"
+    return dt.isoformat(timespec=spec).replace("+00:00", "Z")
+
+
+def parse_iso(text: str) -> float:
+    """Unix seconds from an ISO-8601 time (Z or an offset; naive means UTC)."""
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def event_id(node: str, device: str, start: float) -> str:
+    """Deterministic id of a device-window (whole seconds: windows start on second boundaries)."""
+    return str(uuid.uuid5(METERD_NAMESPACE, f"{node}|{device}|{int(round(start))}"))
+
+
+def window_event(window: dict[str, Any], usage: list[dict[str, Any]]) -> dict[str, Any]:
+    """A CloudEvent (structured mode, as a dict) for one stored window row and its usage rows."""
+    flags = window.get("flags") or "[]"
+    return {
+        "specversion": "1.0",
+        "id": window["event_id"],
+        "source": window["node"],
+        "type": EVENT_TYPE,
+        "time": iso(window["start"]),
+        "subject": window["device"],
+        "datacontenttype": "application/json",
+        "data": {
+            "node": window["node"],
+            "device": window["device"],
+            "device_name": window.get("device_name"),
+            "start": iso(window["start"]),
+            "end": iso(window["end"]),
+            "duration_s": round(window["end"] - window["start"], 6),
+            "energy_j": window.get("energy_j"),
+            "energy_source": window.get("energy_source"),
+            "avg_power_w": window.get("avg_power_w"),
+            "util_pct": window.get("util_pct"),
+            "prompt_tokens": int(window["prompt_tokens"]),
+            "completion_tokens": int(window["completion_tokens"]),
+            "usage": [
+                {k: u[k] for k in ("model", "tenant", "prompt_tokens", "completion_tokens",
+                                   "cost_micro", "cost_prompt_micro", "cost_completion_micro")}
+                for u in usage
+            ],
+            "cost": {
+                "capex_micro": int(window["cost_capex_micro"]),
+                "energy_micro": int(window["cost_energy_micro"]),
+                "opex_micro": int(window["cost_opex_micro"]),
+                "total_micro": int(window["cost_micro"]),
+                "prompt_micro": int(window["cost_prompt_micro"]),
+                "completion_micro": int(window["cost_completion_micro"]),
+                "currency": window["currency"],
+            },
+            "partial": bool(window["partial"]),
+            "gap_s": float(window["gap_s"]),
+            "flags": json.loads(flags) if isinstance(flags, str) else list(flags),
+            "config_hash": window.get("config_hash"),
+            "agent_version": window.get("agent_version"),
+        },
+    }
