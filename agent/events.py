@@ -32,8 +32,9 @@ def parse_iso(text: str) -> float:
 
 
 def event_id(node: str, device: str, start: float) -> str:
-    """Deterministic id of a device-window (whole seconds: windows start on second boundaries)."""
-    return str(uuid.uuid5(METERD_NAMESPACE, f"{node}|{device}|{int(round(start))}"))
+    """Deterministic id of a device-window. Milliseconds, because a partial window (the agent
+    restarted mid-window) starts where the agent started, not on a boundary."""
+    return str(uuid.uuid5(METERD_NAMESPACE, f"{node}|{device}|{int(round(start * 1000))}"))
 
 
 def window_event(window: dict[str, Any], usage: list[dict[str, Any]]) -> dict[str, Any]:
