@@ -1,0 +1,364 @@
+"""The agent's configuration: TOML, validated key by key.
+
+``load_config(path)`` returns a :class:`Config` or raises :class:`ConfigError` naming the bad key
+and why (``prices.pue: must be at least 1.0, got 0.8``). With no file at all, :func:`default_config`
+gives a working agent on embedded storage. Money in the file is in currency units (TOML floats or
+integers); it becomes integer micro-units here, through Decimal, so 0.1 stays 100000 exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Callable
+
+from probes.errors import MeterError
+
+MICRO = 1_000_000
+SOURCE_KINDS = ("vllm", "sglang", "tgi", "llamacpp", "trtllm", "triton", "generic", "auto")
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class ConfigError(MeterError):
+    """A config that cannot be used. The message names the key."""
+
+
+def to_micro(amount: float | int | str | Decimal) -> int:
+    """Currency units to integer micro-units, exactly for decimal literals."""
+    return int((Decimal(str(amount)) * MICRO).to_integral_value())
+
+
+@dataclass(frozen=True)
+class TariffPeriod:
+    """A time-of-use price: from ``start`` to ``end`` (local ``HH:MM`` in the tariff timezone,
+    ``end`` may be past midnight), on ``days`` (all days when empty)."""
+
+    start_min: int
+    end_min: int
+    energy_micro_per_kwh: int
+    days: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Prices:
+    currency: str = "USD"
+    capex_per_gpu_micro: int = to_micro(25_000)
+    capex_per_node_micro: int = to_micro(10_000)
+    residual_fraction: float = 0.10
+    depreciation_years: float = 4.0
+    rental_per_gpu_hour_micro: int = 0
+    energy_per_kwh_micro: int = to_micro("0.12")
+    pue: float = 1.3
+    opex_per_node_month_micro: int = to_micro(300)
+    prompt_token_weight: float = 0.25
+    tariff_timezone: str = "UTC"
+    tariff: tuple[TariffPeriod, ...] = ()
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    kind: str
+    url: str | None = None  # None for kind "push"
+    name: str = ""
+    devices: tuple[str, ...] = ("all",)
+    model: str | None = None  # for servers that serve one unnamed model (TGI)
+    prompt_metric: str | None = None  # generic kind
+    completion_metric: str | None = None
+    model_label: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    node: str = field(default_factory=socket.gethostname)
+    store: str | None = None  # None: the default path (systemd state dir or user data dir)
+    interval_s: float = 1.0
+    window_s: int = 60
+    samples_retention_days: float = 7.0
+    prices: Prices = field(default_factory=Prices)
+    sources: tuple[SourceConfig, ...] = ()
+    push_listen: str | None = None
+    metrics_listen: str | None = None
+    ship_url: str | None = None
+    ship_token_file: str | None = None
+    ship_allow_insecure: bool = False
+
+    def hash(self) -> str:
+        """A short stable digest of the config, stamped on every window."""
+        blob = json.dumps(dataclasses.asdict(self), sort_keys=True, default=str)
+        return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def default_config(**overrides: Any) -> Config:
+    return dataclasses.replace(Config(), **overrides)
+
+
+# -- validation -------------------------------------------------------------------------------
+
+
+def _number(key: str, v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ConfigError(f"{key}: expected a number, got {type(v).__name__} {v!r}")
+    if v != v or v in (float("inf"), float("-inf")):
+        raise ConfigError(f"{key}: must be a finite number, got {v!r}")
+    return v
+
+
+def _at_least(lo: float, inclusive: bool = True) -> Callable[[str, Any], float]:
+    def check(key: str, v: Any) -> float:
+        v = _number(key, v)
+        if v < lo or (not inclusive and v == lo):
+            raise ConfigError(f"{key}: must be {'at least' if inclusive else 'more than'} {lo:g}, got {v!r}")
+        return v
+    return check
+
+
+def _money(key: str, v: Any) -> int:
+    v = _number(key, v)
+    if v < 0:
+        raise ConfigError(f"{key}: a price cannot be negative, got {v!r}")
+    return to_micro(v)
+
+
+def _string(key: str, v: Any) -> str:
+    if not isinstance(v, str) or not v:
+        raise ConfigError(f"{key}: expected a non-empty string, got {type(v).__name__} {v!r}")
+    return v
+
+
+def _bool(key: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ConfigError(f"{key}: expected true or false, got {v!r}")
+    return v
+
+
+def _fraction(key: str, v: Any) -> float:
+    v = _number(key, v)
+    if not 0 <= v < 1:
+        raise ConfigError(f"{key}: must be in [0, 1), got {v!r}")
+    return v
+
+
+def _window(key: str, v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ConfigError(f"{key}: expected a whole number of seconds >= 1, got {v!r}")
+    if 3600 % v:
+        raise ConfigError(f"{key}: must divide an hour evenly (1, 2, 5, 10, 15, 30, 60, ... 3600), got {v}")
+    return v
+
+
+def _listen(key: str, v: Any) -> str:
+    v = _string(key, v)
+    if not re.fullmatch(r"(unix:.+|\[?[0-9A-Za-z.:-]*\]?:\d{1,5})", v):
+        raise ConfigError(f"{key}: expected HOST:PORT or unix:/path, got {v!r}")
+    return v
+
+
+def _hhmm(key: str, v: Any) -> int:
+    v = _string(key, v)
+    m = re.fullmatch(r"(\d{1,2}):(\d{2})", v)
+    if not m or int(m[1]) > 24 or int(m[2]) > 59 or (int(m[1]) == 24 and int(m[2])):
+        raise ConfigError(f"{key}: expected a time HH:MM, got {v!r}")
+    return int(m[1]) * 60 + int(m[2])
+
+
+def _timezone(key: str, v: Any) -> str:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    v = _string(key, v)
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"{key}: unknown time zone {v!r}") from None
+    return v
+
+
+def _check_keys(section: str, table: dict, known: dict) -> None:
+    for k in table:
+        if k not in known:
+            where = f"{section}.{k}" if section else k
+            hint = difflib.get_close_matches(k, list(known), n=1)
+            raise ConfigError(f"{where}: unknown key" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+
+
+def _table(key: str, v: Any) -> dict:
+    if not isinstance(v, dict):
+        raise ConfigError(f"{key}: expected a table, got {type(v).__name__}")
+    return v
+
+
+_TOP = {
+    "node": ("node", _string),
+    "store": ("store", _string),
+    "interval_s": ("interval_s", _at_least(0.05)),
+    "window_s": ("window_s", _window),
+    "samples_retention_days": ("samples_retention_days", _at_least(0, inclusive=False)),
+}
+_PRICES = {
+    "currency": ("currency", _string),
+    "capex_per_gpu": ("capex_per_gpu_micro", _money),
+    "capex_per_node": ("capex_per_node_micro", _money),
+    "residual_fraction": ("residual_fraction", _fraction),
+    "depreciation_years": ("depreciation_years", _at_least(0, inclusive=False)),
+    "rental_per_gpu_hour": ("rental_per_gpu_hour_micro", _money),
+    "energy_per_kwh": ("energy_per_kwh_micro", _money),
+    "pue": ("pue", _at_least(1.0)),
+    "opex_per_node_month": ("opex_per_node_month_micro", _money),
+    "prompt_token_weight": ("prompt_token_weight", _at_least(0, inclusive=False)),
+    "tariff_timezone": ("tariff_timezone", _timezone),
+}
+_SOURCE_KEYS = ("kind", "url", "name", "devices", "model", "prompt_metric", "completion_metric", "model_label")
+
+
+def parse_config(doc: dict[str, Any]) -> Config:
+    """A Config from a parsed TOML document. Raises ConfigError naming the key."""
+    known = dict(_TOP) | {"prices": None, "sources": None, "push": None, "metrics": None, "ship": None}
+    _check_keys("", doc, known)
+    top = {attr: check(k, doc[k]) for k, (attr, check) in _TOP.items() if k in doc}
+    if "interval_s" in top and top["interval_s"] > top.get("window_s", Config.window_s):
+        raise ConfigError(f"interval_s: must not exceed window_s, got {top['interval_s']}")
+
+    prices_doc = _table("prices", doc.get("prices", {}))
+    _check_keys("prices", prices_doc, _PRICES | {"tariff": None})
+    prices = {attr: check(f"prices.{k}", prices_doc[k]) for k, (attr, check) in _PRICES.items() if k in prices_doc}
+    prices["tariff"] = tuple(_tariff(i, t) for i, t in enumerate(prices_doc.get("tariff", [])))
+
+    sources = tuple(_source(i, s) for i, s in enumerate(_list("sources", doc.get("sources", []))))
+
+    extra: dict[str, Any] = {}
+    for section, keys in (("push", {"listen": "push_listen"}), ("metrics", {"listen": "metrics_listen"}),
+                          ("ship", {"url": "ship_url", "token_file": "ship_token_file",
+                                    "allow_insecure": "ship_allow_insecure"})):
+        table = _table(section, doc.get(section, {}))
+        _check_keys(section, table, keys)
+        for k, attr in keys.items():
+            if k in table:
+                check = _bool if k == "allow_insecure" else _listen if k == "listen" else _string
+                extra[attr] = check(f"{section}.{k}", table[k])
+    return Config(**top, prices=Prices(**prices), sources=sources, **extra)
+
+
+def _list(key: str, v: Any) -> list:
+    if not isinstance(v, list):
+        raise ConfigError(f"{key}: expected an array of tables ([[{key}]]), got {type(v).__name__}")
+    return v
+
+
+def _tariff(i: int, t: Any) -> TariffPeriod:
+    key = f"prices.tariff[{i}]"
+    t = _table(key, t)
+    _check_keys(key, t, {"start": 0, "end": 0, "energy_per_kwh": 0, "days": 0})
+    for req in ("start", "end", "energy_per_kwh"):
+        if req not in t:
+            raise ConfigError(f"{key}.{req}: missing")
+    days = t.get("days", [])
+    if not isinstance(days, list) or any(d not in DAYS for d in days):
+        raise ConfigError(f"{key}.days: expected a list of {', '.join(DAYS)}, got {days!r}")
+    start, end = _hhmm(f"{key}.start", t["start"]), _hhmm(f"{key}.end", t["end"])
+    if start == end:
+        raise ConfigError(f"{key}: start and end are the same time")
+    return TariffPeriod(start, end, _money(f"{key}.energy_per_kwh", t["energy_per_kwh"]), tuple(days))
+
+
+def _source(i: int, s: Any) -> SourceConfig:
+    key = f"sources[{i}]"
+    s = _table(key, s)
+    _check_keys(key, s, dict.fromkeys(_SOURCE_KEYS))
+    kind = s.get("kind")
+    if kind not in (*SOURCE_KINDS, "push"):
+        raise ConfigError(f"{key}.kind: expected one of {', '.join((*SOURCE_KINDS, 'push'))}, got {kind!r}")
+    url = s.get("url")
+    if kind != "push":
+        url = _string(f"{key}.url", url)
+        if not re.match(r"https?://", url):
+            raise ConfigError(f"{key}.url: expected an http:// or https:// URL, got {url!r}")
+    devices = s.get("devices", ["all"])
+    if not isinstance(devices, list) or not devices or not all(isinstance(d, (str, int)) for d in devices):
+        raise ConfigError(f"{key}.devices: expected a list of device indexes or UUIDs, or [\"all\"], got {devices!r}")
+    if kind == "generic":
+        for req in ("prompt_metric", "completion_metric"):
+            _string(f"{key}.{req}", s.get(req))
+    opt = {k: _string(f"{key}.{k}", s[k]) for k in ("name", "model", "prompt_metric", "completion_metric", "model_label") if k in s}
+    return SourceConfig(kind=kind, url=url, devices=tuple(str(d) for d in devices),
+                        **({"name": opt.pop("name")} if "name" in opt else {"name": f"{kind}-{i}"}), **opt)
+
+
+def load_config(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{p}: config file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read config: {e.strerror}") from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    return parse_config(doc)
+
+
+def parse_source_flag(text: str) -> SourceConfig:
+    """``KIND=URL`` from the command line; maps to all devices."""
+    kind, sep, url = text.partition("=")
+    if not sep or not url:
+        raise ConfigError(f"--source: expected KIND=URL, got {text!r}")
+    return _source(0, {"kind": kind, "url": url, "name": f"{kind}-cli"})
+
+
+EXAMPLE = '''\
+# meterd agent configuration. Every key is optional: with no file at all, the agent meters this
+# node with the defaults below, on embedded storage. Money is in currency units.
+
+# node = "gpu-node-17"               # default: the host name
+# store = "/var/lib/meterd/meterd.db"  # default: $STATE_DIRECTORY/meterd.db under systemd,
+#                                     #          else ~/.local/share/meterd/meterd.db
+interval_s = 1.0                      # how often every probe is read
+window_s = 60                         # the billed window; must divide an hour (1 for tests)
+samples_retention_days = 7            # raw samples are pruned after this; windows are kept
+
+[prices]
+currency = "USD"
+capex_per_gpu = 25000.0               # purchase price of one accelerator
+capex_per_node = 10000.0              # the rest of the server, shared by its GPUs
+residual_fraction = 0.10              # value left at the end of depreciation
+depreciation_years = 4.0
+# rental_per_gpu_hour = 2.50          # rented hardware: replaces the capex lines above
+energy_per_kwh = 0.12
+pue = 1.3                             # facility power / IT power
+opex_per_node_month = 300.0           # support, network, space: shared by the node's GPUs
+prompt_token_weight = 0.25            # a prompt token's cost relative to a completion token,
+                                      # used when the server reports no prefill/decode time
+tariff_timezone = "UTC"
+
+# Time-of-use energy prices (local time in tariff_timezone); outside them energy_per_kwh applies.
+# [[prices.tariff]]
+# start = "17:00"
+# end = "21:00"
+# energy_per_kwh = 0.30
+# days = ["mon", "tue", "wed", "thu", "fri"]
+
+# Inference servers whose tokens this node's cost is divided by.
+# [[sources]]
+# name = "vllm-main"
+# kind = "vllm"                       # vllm, sglang, tgi, llamacpp, trtllm, triton, generic, auto, push
+# url = "http://127.0.0.1:8000/metrics"
+# devices = ["all"]                   # or GPU indexes / UUIDs: ["0", "1"]
+
+# [push]
+# listen = "127.0.0.1:9465"           # usage records POSTed by workloads with no metrics
+
+# [metrics]
+# listen = "127.0.0.1:9464"           # Prometheus endpoint of the agent (off by default)
+
+# [ship]
+# url = "https://billing.example.internal/api/v1/events"
+# token_file = "/etc/meterd/token"    # must not be readable by group or others
+'''

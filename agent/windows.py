@@ -1,0 +1,239 @@
+"""Window integration (pure): device samples and token deltas in, closed windows out.
+
+A :class:`WindowBuilder` follows one device. Windows are aligned to wall-clock boundaries
+(``window_s``); the first window after start-up, and the last at shutdown, are partial and start
+or end where the agent did. Between two consecutive good samples (no more than ``max_gap_s``
+apart) the builder integrates:
+
+- energy: the energy-counter delta where both samples carry a counter; otherwise (no counter,
+  or the counter went down: a driver reload) power integrated by the trapezoid rule;
+- utilization × time, for a time-weighted mean.
+
+An interval that straddles a window boundary is split by time (linear power, so the trapezoid
+split is exact). Time without a good pair of samples is a gap. A wall-clock step (NTP) or a
+suspend is flagged, and that interval is treated as a gap, since its wall-clock length is
+not to be trusted.
+
+Tokens are attributed to the window that holds the scrape (or push) time: the delta since the
+previous scrape ends there.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from probes.readings import DeviceSample, Reading
+
+CLOCK_STEP_TOLERANCE_S = 1.0
+_SOURCE_RANK = {"counter": 0, "integrated": 1, "estimated": 2}
+
+
+@dataclass(frozen=True)
+class Tick:
+    """When a sampling round happened: wall clock, monotonic, and boot time (which, unlike the
+    monotonic clock, counts time suspended)."""
+
+    wall: float
+    mono: float
+    boot: float
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    prefill_s: float | None = None
+    decode_s: float | None = None
+
+    def add(self, other: "Usage") -> None:
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.prefill_s = _add_opt(self.prefill_s, other.prefill_s)
+        self.decode_s = _add_opt(self.decode_s, other.decode_s)
+
+
+def _add_opt(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None else a + b
+
+
+@dataclass
+class Window:
+    """One device over [start, end). ``energy_j`` is None when no interval could be integrated."""
+
+    device: str
+    start: float
+    end: float
+    energy_j: float | None = None
+    energy_source: str | None = None
+    covered_s: float = 0.0
+    util_pct_s: float = 0.0
+    util_covered_s: float = 0.0
+    partial: bool = False
+    flags: list[str] = field(default_factory=list)
+    usage: dict[tuple[str, str], Usage] = field(default_factory=dict)  # (model, tenant) -> Usage
+
+    @property
+    def duration_s(self) -> float:
+        return self.end - self.start
+
+    @property
+    def gap_s(self) -> float:
+        return max(0.0, round(self.duration_s - self.covered_s, 6))
+
+    @property
+    def avg_power_w(self) -> float | None:
+        if self.energy_j is None or self.covered_s <= 0:
+            return None
+        return self.energy_j / self.covered_s
+
+    @property
+    def util_pct(self) -> float | None:
+        return self.util_pct_s / self.util_covered_s if self.util_covered_s > 0 else None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(u.prompt_tokens for u in self.usage.values())
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(u.completion_tokens for u in self.usage.values())
+
+    def flag(self, name: str) -> None:
+        if name not in self.flags:
+            self.flags.append(name)
+
+    def add_energy(self, joules: float, source: str) -> None:
+        self.energy_j = (self.energy_j or 0.0) + joules
+        if self.energy_source is None or _SOURCE_RANK[source] > _SOURCE_RANK[self.energy_source]:
+            self.energy_source = source
+
+
+def window_start(t: float, window_s: int) -> float:
+    return math.floor(t / window_s) * window_s
+
+
+@dataclass
+class _Point:
+    t: float
+    tick: Tick
+    power: Reading | None
+    energy: Reading | None
+    util: Reading | None
+
+
+class WindowBuilder:
+    """Integrates one device's samples into windows. Feed it in time order."""
+
+    def __init__(self, device: str, window_s: int, start: float, max_gap_s: float) -> None:
+        self.device = device
+        self.window_s = window_s
+        self.max_gap_s = max_gap_s
+        aligned = window_start(start, window_s)
+        self.current = Window(device, start, aligned + window_s, partial=start > aligned)
+        if start > aligned:
+            self.current.flag("startup")
+        self._prev: _Point | None = None
+        self._t = start  # effective wall time: never goes backwards
+
+    def add_usage(self, at: float, usage: dict[tuple[str, str], Usage]) -> None:
+        """Token deltas observed at ``at``: they belong to the open window."""
+        for key, u in usage.items():
+            self.current.usage.setdefault(key, Usage()).add(u)
+
+    def add_sample(self, tick: Tick, sample: DeviceSample | None) -> list[Window]:
+        """One sampling round; ``sample`` None (or not ok) means no reading this round."""
+        closed: list[Window] = []
+        prev = self._prev
+        t = max(tick.wall, self._t)
+        trusted = True
+        if prev is not None:
+            d_wall, d_mono = tick.wall - prev.tick.wall, tick.mono - prev.tick.mono
+            if abs(d_wall - d_mono) > CLOCK_STEP_TOLERANCE_S and abs((tick.boot - prev.tick.boot) - d_wall) > CLOCK_STEP_TOLERANCE_S:
+                self.current.flag("clock_step")
+                trusted = False
+            if (tick.boot - prev.tick.boot) - d_mono > CLOCK_STEP_TOLERANCE_S:
+                self.current.flag("suspend")
+                trusted = False
+        ok = sample is not None and sample.state == "ok"
+        point = _Point(t, tick, sample.power_w, sample.energy_j, sample.util_pct) if ok else None
+        if prev is not None and point is not None and trusted and 0 < t - prev.t <= self.max_gap_s:
+            closed += self._integrate(prev, point)
+        else:
+            closed += self._advance_to(t)
+        self._prev = point
+        self._t = t
+        return closed
+
+    def close(self, at: float) -> Window:
+        """Shutdown: the open window ends at ``at``, partial."""
+        w = self.current
+        w.end = max(w.start, at)
+        w.partial = True
+        w.flag("shutdown")
+        return w
+
+    # -- integration ----------------------------------------------------------------------------
+
+    def _advance_to(self, t: float) -> list[Window]:
+        closed = []
+        while t >= self.current.end:
+            closed.append(self._roll())
+        return closed
+
+    def _roll(self) -> Window:
+        done = self.current
+        self.current = Window(self.device, done.end, done.end + self.window_s)
+        return done
+
+    def _integrate(self, a: _Point, b: _Point) -> list[Window]:
+        dt = b.t - a.t
+        energy, source = _interval_energy(a, b, dt)
+        p_a = a.power.value if a.power else None
+        p_b = b.power.value if b.power else None
+        u_a = a.util.value if a.util else None
+        u_b = b.util.value if b.util else None
+        closed = []
+        lo = a.t
+        while lo < b.t:
+            hi = min(b.t, self.current.end)
+            w = self.current
+            frac = (hi - lo) / dt
+            if energy is not None:
+                if source == "counter" or p_a is None or p_b is None:
+                    w.add_energy(energy * frac, source)
+                else:  # exact trapezoid of linearly interpolated power over [lo, hi]
+                    w.add_energy(_lin_integral(a.t, p_a, b.t, p_b, lo, hi), source)
+            if u_a is not None and u_b is not None:
+                w.util_pct_s += _lin_integral(a.t, u_a, b.t, u_b, lo, hi)
+                w.util_covered_s += hi - lo
+            w.covered_s += hi - lo
+            lo = hi
+            if hi >= w.end:
+                closed.append(self._roll())
+        return closed
+
+
+def _lin_integral(t0: float, v0: float, t1: float, v1: float, lo: float, hi: float) -> float:
+    def at(t: float) -> float:
+        return v0 + (v1 - v0) * (t - t0) / (t1 - t0)
+    return (at(lo) + at(hi)) / 2 * (hi - lo)
+
+
+def _interval_energy(a: _Point, b: _Point, dt: float) -> tuple[float | None, str]:
+    """Energy between two points and its source."""
+    if (a.energy is not None and b.energy is not None and a.energy.source == "counter"
+            and b.energy.source == "counter" and b.energy.value >= a.energy.value):
+        return b.energy.value - a.energy.value, "counter"
+    if a.power is not None and b.power is not None:
+        estimated = "estimated" in (a.power.source, b.power.source)
+        return (a.power.value + b.power.value) / 2 * dt, "estimated" if estimated else "integrated"
+    return None, "integrated"
+
+
+def split_evenly(n: int, k: int) -> list[int]:
+    """``n`` tokens over ``k`` devices behind one server: integers that sum to ``n``."""
+    base, rest = divmod(n, k)
+    return [base + (1 if i < rest else 0) for i in range(k)]
