@@ -9,11 +9,11 @@ import socket
 import time
 
 import click
-from rich.console import Console
 from rich.live import Live
 
 from agent import __version__
 from agent.status_view import status_json, status_table
+from agent.ui import console
 from probes.devices import get_devices
 
 
@@ -51,8 +51,7 @@ def status(as_json: bool, watch: float | None) -> None:
             while True:
                 _print_status(node_name, node, True)
                 time.sleep(watch)
-        console = Console()
-        with Live(console=console, auto_refresh=False) as live:
+        with Live(console=console(), auto_refresh=False) as live:
             while True:
                 samples = [d.sample() for d in node.devices]
                 live.update(status_table(node_name, time.time(), samples, node.gpus.reason), refresh=True)
@@ -69,10 +68,16 @@ def _print_status(node_name, node, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(status_json(node_name, at, samples, node.gpus.reason)))
     else:
-        Console().print(status_table(node_name, at, samples, node.gpus.reason))
+        console().print(status_table(node_name, at, samples, node.gpus.reason))
 
 
 # Commands that live in their own modules register here, one line each.
+from agent.cli_agent import agent_cmd, config_group, windows_cmd  # noqa: E402
+main.add_command(agent_cmd)
+main.add_command(windows_cmd)
+main.add_command(config_group)
+from collector.cli import collector  # noqa: E402
+main.add_command(collector)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,10 @@ def _m1_initial(db: sqlite_utils.Database) -> None:
             cost_micro INTEGER NOT NULL,
             cost_prompt_micro INTEGER NOT NULL,
             cost_completion_micro INTEGER NOT NULL,
+            cost_capex_micro INTEGER NOT NULL,
+            cost_energy_micro INTEGER NOT NULL,
+            cost_opex_micro INTEGER NOT NULL,
+            energy_j REAL,                 -- the window's energy, shared by cost
             PRIMARY KEY (window_id, model, tenant)
         );
 
@@ -179,6 +183,72 @@ class Store:
     def close(self) -> None:
         self.conn.close()
 
+    # -- samples --------------------------------------------------------------------------------
+
+    def insert_samples(self, rows: list[dict[str, Any]]) -> None:
+        """Raw readings of one sampling round, in one transaction."""
+        if not rows:
+            return
+        with self.transaction():
+            self.conn.executemany(
+                "INSERT INTO samples(device, at, state, power_w, power_source, energy_j, energy_source,"
+                " util_pct, mem_used_bytes) VALUES (:device, :at, :state, :power_w, :power_source,"
+                " :energy_j, :energy_source, :util_pct, :mem_used_bytes)", rows)
+
+    def prune_samples(self, before: float) -> int:
+        with self.transaction():
+            return self.conn.execute("DELETE FROM samples WHERE at < ?", [before]).rowcount
+
+    # -- windows --------------------------------------------------------------------------------
+
+    def commit_windows(self, windows: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> int:
+        """Commit closed windows with their usage rows and roll them up, atomically.
+
+        A window already stored (same node, device, start) is never rewritten: it is skipped.
+        Returns how many windows were new.
+        """
+        new = 0
+        with self.transaction() as c:
+            for w, usage in windows:
+                cur = c.execute(
+                    f"INSERT OR IGNORE INTO windows({', '.join(_WINDOW_COLS)})"
+                    f" VALUES ({', '.join(':' + k for k in _WINDOW_COLS)})", w)
+                if cur.rowcount == 0:
+                    continue
+                new += 1
+                wid = cur.lastrowid
+                for u in usage:
+                    c.execute(
+                        f"INSERT INTO window_usage(window_id, {', '.join(_USAGE_COLS)})"
+                        f" VALUES (:window_id, {', '.join(':' + k for k in _USAGE_COLS)})",
+                        {**u, "window_id": wid})
+                _roll_up(c, w, usage)
+        return new
+
+    def last_window_end(self, node: str, device: str) -> float | None:
+        row = self.conn.execute(
+            "SELECT max(end) FROM windows WHERE node = ? AND device = ?", [node, device]).fetchone()
+        return row[0]
+
+    def windows(self, since: float | None = None, until: float | None = None,
+                device: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        where, args = [], []
+        if since is not None:
+            where.append("start >= ?"), args.append(since)
+        if until is not None:
+            where.append("start < ?"), args.append(until)
+        if device is not None:
+            where.append("device = ?"), args.append(device)
+        sql = "SELECT * FROM windows" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY start, device"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return list(self.db.query(sql, args))
+
+    def usage_of(self, window_id: int) -> list[dict[str, Any]]:
+        return list(self.db.query(
+            "SELECT * FROM window_usage WHERE window_id = ? ORDER BY model, tenant", [window_id]))
+
     # -- bench results --------------------------------------------------------------------------
 
     def save_bench(self, run_id: str, node: str, at: float, rows: Iterable[dict[str, Any]],
@@ -209,6 +279,61 @@ class Store:
             return []
         q = "SELECT * FROM bench_results WHERE run_id = ?" + (" AND device = ?" if device else "")
         return list(self.db.query(q, [row[0], *args]))
+
+
+_WINDOW_COLS = (
+    "node", "device", "device_name", "start", "end", "energy_j", "energy_source", "avg_power_w",
+    "util_pct", "prompt_tokens", "completion_tokens", "cost_capex_micro", "cost_energy_micro",
+    "cost_opex_micro", "cost_micro", "cost_prompt_micro", "cost_completion_micro", "currency",
+    "partial", "gap_s", "flags", "config_hash", "agent_version", "event_id",
+)
+_USAGE_COLS = (
+    "model", "tenant", "prompt_tokens", "completion_tokens", "cost_micro", "cost_prompt_micro",
+    "cost_completion_micro", "cost_capex_micro", "cost_energy_micro", "cost_opex_micro", "energy_j",
+)
+_ROLLUP_SUMS = (
+    "windows", "seconds", "energy_j", "util_pct_s", "prompt_tokens", "completion_tokens",
+    "cost_capex_micro", "cost_energy_micro", "cost_opex_micro", "cost_micro", "cost_prompt_micro",
+    "cost_completion_micro", "idle_cost_micro",
+)
+PERIODS = {"hour": 3600, "day": 86400}
+
+
+def _roll_up(c: sqlite3.Connection, w: dict[str, Any], usage: list[dict[str, Any]]) -> None:
+    """Add one window to its hourly and daily rollups: one row for the device as a whole
+    (model '' and tenant '': energy, time and idle cost included) and one per usage row."""
+    seconds = w["end"] - w["start"]
+    util_s = (w["util_pct"] or 0.0) * seconds if w["util_pct"] is not None else 0.0
+    tokens = w["prompt_tokens"] + w["completion_tokens"]
+    rows = [("", "", {
+        "windows": 1, "seconds": seconds, "energy_j": w["energy_j"] or 0.0, "util_pct_s": util_s,
+        "prompt_tokens": w["prompt_tokens"], "completion_tokens": w["completion_tokens"],
+        "cost_capex_micro": w["cost_capex_micro"], "cost_energy_micro": w["cost_energy_micro"],
+        "cost_opex_micro": w["cost_opex_micro"], "cost_micro": w["cost_micro"],
+        "cost_prompt_micro": w["cost_prompt_micro"], "cost_completion_micro": w["cost_completion_micro"],
+        "idle_cost_micro": w["cost_micro"] if tokens == 0 else 0,
+    })]
+    for u in usage:
+        rows.append((u["model"], u["tenant"], {
+            "windows": 1, "seconds": seconds, "energy_j": u["energy_j"] or 0.0, "util_pct_s": util_s,
+            "prompt_tokens": u["prompt_tokens"], "completion_tokens": u["completion_tokens"],
+            "cost_capex_micro": u["cost_capex_micro"], "cost_energy_micro": u["cost_energy_micro"],
+            "cost_opex_micro": u["cost_opex_micro"], "cost_micro": u["cost_micro"],
+            "cost_prompt_micro": u["cost_prompt_micro"], "cost_completion_micro": u["cost_completion_micro"],
+            "idle_cost_micro": 0,
+        }))
+    sums = ", ".join(_ROLLUP_SUMS)
+    params = ", ".join(":" + k for k in _ROLLUP_SUMS)
+    updates = ", ".join(f"{k} = {k} + excluded.{k}" for k in _ROLLUP_SUMS)
+    for period, size in PERIODS.items():
+        bucket = (w["start"] // size) * size
+        for model, tenant, vals in rows:
+            c.execute(
+                f"INSERT INTO rollups(period, bucket, node, device, model, tenant, {sums})"
+                f" VALUES (:period, :bucket, :node, :device, :model, :tenant, {params})"
+                f" ON CONFLICT(period, bucket, node, device, model, tenant) DO UPDATE SET {updates}",
+                {"period": period, "bucket": bucket, "node": w["node"], "device": w["device"],
+                 "model": model, "tenant": tenant, **vals})
 
 
 class _Immediate:

@@ -1,0 +1,185 @@
+"""`meter agent`, `meter windows` and `meter config`: a few lines each over the library."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import click
+from agent.ui import console
+from rich.table import Table
+
+from agent.config import EXAMPLE, Config, ConfigError, _window, default_config, load_config, parse_source_flag
+from agent.costmodel import cost_per_mtok
+from agent.events import iso
+from agent.store import Store
+from agent.timeparse import TimeParseError, parse_when
+from probes.errors import MeterError
+
+log = logging.getLogger("meterd")
+
+
+def _load(config_path: str | None) -> Config:
+    try:
+        return load_config(config_path) if config_path else default_config()
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _open_store(path: str | None, config: Config | None = None) -> Store:
+    p = path or (config.store if config else None)
+    try:
+        return Store(p)
+    except (OSError, RuntimeError) as e:
+        raise click.ClickException(f"cannot open the store {p or 'at the default path'}: {e}") from None
+    except Exception as e:  # sqlite3.DatabaseError: not a database, locked beyond the timeout
+        raise click.ClickException(f"cannot open the store {p or 'at the default path'}: {e}") from None
+
+
+@click.command("agent")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config (see `meter config init`). Without it: built-in defaults.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), help="Stop after SECONDS (default: run until SIGTERM/Ctrl-C).")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False), help="SQLite store path (overrides the config).")
+@click.option("--interval", type=click.FloatRange(min=0.05), help="Sampling interval in seconds (overrides the config).")
+@click.option("--window", type=int, help="Window length in seconds; must divide an hour (overrides the config).")
+@click.option("--source", "sources", multiple=True, metavar="KIND=URL", help="A token source mapped to all devices, e.g. vllm=http://127.0.0.1:8000/metrics. Repeatable; replaces the config's sources.")
+def agent_cmd(config_path, duration, db_path, interval, window, sources) -> None:
+    """Meter this node: every interval read the devices and token sources, every window commit
+    energy, tokens and cost to the SQLite store. Runs in the foreground (as systemd runs it)."""
+    from agent.daemon import Agent
+    from probes.devices import get_devices
+
+    config = _load(config_path)
+    try:
+        overrides: dict = {}
+        if db_path:
+            overrides["store"] = db_path
+        if interval:
+            overrides["interval_s"] = interval
+        if window is not None:
+            overrides["window_s"] = _window("--window", window)
+        if sources:
+            overrides["sources"] = tuple(parse_source_flag(s) for s in sources)
+        config = dataclasses.replace(config, **overrides)
+        if config.interval_s > config.window_s:
+            raise ConfigError(f"--interval: must not exceed the window ({config.window_s} s)")
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+
+    store = _open_store(None, config)
+    node = get_devices()
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        log.info("%s: closing the open windows and stopping", signal.Signals(signum).name)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        agent = Agent(config, store, node)
+        log.info("metering %d device(s) into %s every %g s, windows of %d s",
+                 len(node.devices), store.path, config.interval_s, config.window_s)
+        summary = agent.run(duration_s=duration, stop=stop)
+    except MeterError as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        node.close()
+        store.close()
+    click.echo(f"metered {summary.rounds} rounds; committed {summary.windows} windows "
+               f"({summary.partial_windows} partial) to {store.path}", err=True)
+
+
+def window_json(w: dict) -> dict:
+    tokens = w["prompt_tokens"] + w["completion_tokens"]
+    return {
+        "node": w["node"], "device": w["device"], "start": iso(w["start"]), "end": iso(w["end"]),
+        "energy_j": w["energy_j"], "energy_source": w["energy_source"], "avg_power_w": w["avg_power_w"],
+        "util_pct": w["util_pct"], "prompt_tokens": w["prompt_tokens"],
+        "completion_tokens": w["completion_tokens"], "cost_micro": w["cost_micro"],
+        "cost_per_mtok": cost_per_mtok(w["cost_micro"], tokens), "partial": bool(w["partial"]),
+        "gap_s": w["gap_s"], "currency": w["currency"], "flags": json.loads(w["flags"]),
+    }
+
+
+@click.command("windows")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False), help="SQLite store (default: the agent's).")
+@click.option("--since", help="From this time: ISO-8601 or a span back from now (1h, 7d).")
+@click.option("--until", help="Up to this time (exclusive).")
+@click.option("--device", help="Only this device id.")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many windows (the oldest first).")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list for scripts.")
+def windows_cmd(db_path, since, until, device, limit, as_json) -> None:
+    """The stored windows: energy, tokens and cost per device per window."""
+    if db_path and not Path(db_path).exists():
+        raise click.ClickException(f"{db_path}: no such store")
+    now = time.time()
+    try:
+        t0 = parse_when(since, now) if since else None
+        t1 = parse_when(until, now) if until else None
+    except TimeParseError as e:
+        raise click.ClickException(str(e)) from None
+    store = _open_store(db_path)
+    try:
+        rows = [window_json(w) for w in store.windows(t0, t1, device, limit)]
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    if not rows:
+        click.echo("no windows stored" + (" in that range" if since or until else " yet: run `meter agent`"), err=True)
+        return
+    t = Table()
+    for c in ("start", "device", "energy J", "source", "W", "util %", "prompt", "completion", "cost", "per Mtok", "flags"):
+        t.add_column(c, justify="left" if c in ("start", "device", "source", "flags") else "right")
+    for r in rows:
+        flags = ",".join(r["flags"]) + (" gap %.1fs" % r["gap_s"] if r["gap_s"] >= 0.05 else "")
+        t.add_row(r["start"], r["device"][:20], _f(r["energy_j"], 1), r["energy_source"] or "—",
+                  _f(r["avg_power_w"], 1), _f(r["util_pct"], 0), str(r["prompt_tokens"]),
+                  str(r["completion_tokens"]), f"{r['cost_micro'] / 1e6:.6f}",
+                  "—" if r["cost_per_mtok"] is None else f"{r['cost_per_mtok']:.4f}", flags)
+    console().print(t)
+
+
+def _f(v, digits: int) -> str:
+    return "—" if v is None else f"{v:.{digits}f}"
+
+
+@click.group("config")
+def config_group() -> None:
+    """Write a commented example config, or check one."""
+
+
+@config_group.command("init")
+@click.argument("path", required=False, type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
+def config_init(path, force) -> None:
+    """Print a commented example config, or write it to PATH."""
+    if not path:
+        click.echo(EXAMPLE, nl=False)
+        return
+    p = Path(path)
+    if p.exists() and not force:
+        raise click.ClickException(f"{p} exists: use --force to overwrite it")
+    p.write_text(EXAMPLE)
+    click.echo(f"wrote {p}", err=True)
+
+
+@config_group.command("check")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the effective config as JSON.")
+def config_check(path, as_json) -> None:
+    """Validate a config: the bad key and why, or `ok`."""
+    config = _load(path)
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(config), default=str))
+    else:
+        click.echo(f"{path}: ok ({len(config.sources)} token source(s), window {config.window_s} s, {config.hash()})")

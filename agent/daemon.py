@@ -1,0 +1,257 @@
+"""The agent: probes → windows → cost → store, every interval, until stopped.
+
+One round per interval (:mod:`agent.sampler`): read every device and token source concurrently,
+turn token counters into deltas (:class:`probes.counters.CounterTracker`, on this thread only, so
+a late scrape can never advance a counter whose result was dropped), hand each device its
+tokens and sample (:class:`agent.windows.WindowBuilder`), price the windows that closed
+(:mod:`agent.ledger`) and commit them (:class:`agent.store.Store`). On stop, the open windows
+close as partial and are committed too.
+
+A restarted agent resumes each device at the end of its last committed window, so no window is
+written twice; the time it was down shows as missing windows, and the first new one is partial.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import httpx
+
+from agent.config import Config, SourceConfig
+from agent.costmodel import DeviceShare
+from agent.ledger import price_window
+from agent.sampler import Clocks, ConcurrentReader, ProbeHealth, Schedule, ticks
+from agent.store import Store
+from agent.windows import Usage, Window, WindowBuilder, split_evenly
+from probes.counters import CounterTracker, Gap, Totals
+from probes.device import Device
+from probes.devices import Node
+from probes.prometheus_servers import GenericMetrics
+from probes.readings import DeviceSample
+from probes.tokens import TokenSource
+
+log = logging.getLogger(__name__)
+
+SAMPLES_PRUNE_EVERY_S = 3600.0
+
+
+class PushUsage(Protocol):
+    """What the push endpoint gives the agent each round: usage since the last drain."""
+
+    def drain(self) -> dict[tuple[str, str], Usage]: ...
+
+
+@dataclass
+class RunSummary:
+    rounds: int = 0
+    windows: int = 0
+    partial_windows: int = 0
+    last_sample_wall: float | None = None
+    gaps: dict[str, int] = field(default_factory=dict)
+
+
+def resolve_devices(wanted: tuple[str, ...], devices: list[Device]) -> list[str]:
+    """Device ids a source maps to: ``all`` is every GPU (the CPU when there is none); else GPU
+    indexes or ids (UUIDs), or ``cpu``."""
+    gpus = [d for d in devices if d.kind == "gpu"]
+    if "all" in wanted:
+        return [d.id for d in gpus] or [d.id for d in devices if d.kind == "cpu"]
+    out = []
+    for w in wanted:
+        for d in devices:
+            if w == d.id or (d.kind == "gpu" and w == str(getattr(d, "index", ""))):
+                out.append(d.id)
+    return out
+
+
+def token_source(cfg: SourceConfig, interval_s: float) -> TokenSource:
+    generic = None
+    if cfg.kind == "generic":
+        generic = GenericMetrics(prompt_metric=cfg.prompt_metric, completion_metric=cfg.completion_metric,
+                                 model_label=cfg.model_label)
+    # A scrape must finish inside the round, or its answer is dropped and the round is a gap.
+    timeout = max(0.2, min(2.0, 0.8 * interval_s))
+    return TokenSource(cfg.url, kind=cfg.kind, model=cfg.model, generic=generic, timeout_s=timeout,
+                       name=cfg.name)
+
+
+def usage_from_deltas(deltas: dict[str, Any], tenant: str = "") -> dict[tuple[str, str], Usage]:
+    return {(model, tenant): Usage(c.prompt_tokens, c.completion_tokens, c.prefill_s, c.decode_s)
+            for model, c in deltas.items() if c.prompt_tokens or c.completion_tokens}
+
+
+def spread(usage: dict[tuple[str, str], Usage], k: int) -> list[dict[tuple[str, str], Usage]]:
+    """One server's tokens over the ``k`` devices behind it: integers that add up, seconds shared."""
+    out: list[dict[tuple[str, str], Usage]] = [{} for _ in range(k)]
+    for key, u in usage.items():
+        ps, cs = split_evenly(u.prompt_tokens, k), split_evenly(u.completion_tokens, k)
+        for i in range(k):
+            out[i][key] = Usage(ps[i], cs[i], None if u.prefill_s is None else u.prefill_s / k,
+                                None if u.decode_s is None else u.decode_s / k)
+    return out
+
+
+class Agent:
+    def __init__(self, config: Config, store: Store, node: Node, clocks: Clocks = Clocks(),
+                 push: PushUsage | None = None, http: httpx.Client | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.node = node
+        self.clocks = clocks
+        self.push = push
+        self.health = ProbeHealth()
+        self.reader = ConcurrentReader(max_workers=min(32, 4 + len(node.devices) + len(config.sources)))
+        self._own_http = http is None
+        self.http = http or httpx.Client()
+        self.tracker = CounterTracker()
+        self.devices = {d.id: d for d in node.devices}
+        n_gpus = sum(1 for d in node.devices if d.kind == "gpu")
+        self.shares = {d.id: DeviceShare.for_node(d.kind == "gpu", n_gpus) for d in node.devices}
+        self.sources = []
+        for s in config.sources:
+            if s.kind == "push":
+                continue
+            targets = resolve_devices(s.devices, node.devices)
+            if not targets:
+                log.warning("token source %s maps to no device on this node (devices = %s)", s.name, list(s.devices))
+            self.sources.append((token_source(s, config.interval_s), targets))
+        push_cfg = [s for s in config.sources if s.kind == "push"]
+        self.push_targets = resolve_devices(push_cfg[0].devices if push_cfg else ("all",), node.devices)
+        self.max_gap_s = max(3 * config.interval_s, config.interval_s + 2.0)
+        self.builders: dict[str, WindowBuilder] = {}
+        self.config_hash = config.hash()
+        self.summary = RunSummary()
+        self.on_round: list[Callable[[RunSummary], None]] = []
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def _start_builders(self) -> None:
+        now = self.clocks.wall()
+        for d in self.node.devices:
+            last_end = self.store.last_window_end(self.config.node, d.id)
+            start = max(now, last_end) if last_end is not None else now
+            self.builders[d.id] = WindowBuilder(d.id, self.config.window_s, start, self.max_gap_s)
+
+    def run(self, duration_s: float | None = None, stop: threading.Event | None = None) -> RunSummary:
+        """Meter until ``stop`` is set or ``duration_s`` has passed; then close partial windows."""
+        stop = stop or threading.Event()
+        self._start_builders()
+        schedule = Schedule(self.config.interval_s, self.clocks)
+        t_end = None if duration_s is None else self.clocks.mono() + duration_s
+        next_prune = self.clocks.mono()
+
+        def should_stop() -> bool:
+            return stop.is_set() or (t_end is not None and self.clocks.mono() >= t_end)
+
+        try:
+            for tick in ticks(schedule, should_stop):
+                self.round(tick)
+                if self.clocks.mono() >= next_prune:
+                    self._prune(tick.wall)
+                    next_prune = self.clocks.mono() + SAMPLES_PRUNE_EVERY_S
+                if should_stop():
+                    break
+        finally:
+            self.shutdown()
+        return self.summary
+
+    def shutdown(self) -> None:
+        at = self.clocks.wall()
+        rows = []
+        for dev_id, b in self.builders.items():
+            w = b.close(at)
+            if w.end > w.start:
+                rows.append(self._price(w))
+        self.builders.clear()
+        if rows:
+            self._commit(rows)
+        self.reader.close()
+        if self._own_http:
+            self.http.close()
+
+    def _prune(self, now: float) -> None:
+        n = self.store.prune_samples(now - self.config.samples_retention_days * 86400)
+        if n:
+            log.info("pruned %d raw samples older than %g days", n, self.config.samples_retention_days)
+
+    # -- one round ------------------------------------------------------------------------------
+
+    def round(self, tick) -> None:
+        probes: dict[str, Callable[[], Any]] = {f"device:{d}": dev.sample for d, dev in self.devices.items()}
+        for src, _ in self.sources:
+            probes[f"tokens:{src.key}"] = (lambda s=src: s.scrape(self.http))
+        timeout = max(0.05, 0.8 * self.config.interval_s)
+        results = self.reader.read(probes, timeout)
+
+        for src, targets in self.sources:
+            name = f"tokens:{src.key}"
+            r = results[name]
+            if isinstance(r, (Totals, Gap)):
+                update = self.tracker.update(src.key, r)
+            else:
+                update = self.tracker.update(src.key, Gap(str(r), "unreachable"))
+            if update.gap is not None:
+                self.health.fail(name, update.gap.reason)
+                self.summary.gaps[name] = self.summary.gaps.get(name, 0) + 1
+                continue
+            self.health.ok(name)
+            if update.restarted:
+                log.info("token source %s restarted (models %s): counting from zero", src.key, sorted(update.restarted))
+            self._give_usage(tick.wall, usage_from_deltas(update.deltas), targets)
+        if self.push is not None:
+            self._give_usage(tick.wall, self.push.drain(), self.push_targets)
+
+        closed: list[Window] = []
+        sample_rows = []
+        for dev_id in self.devices:
+            name = f"device:{dev_id}"
+            r = results[name]
+            sample = r if isinstance(r, DeviceSample) else None
+            if sample is None:
+                self.health.fail(name, str(r))
+                self.summary.gaps[name] = self.summary.gaps.get(name, 0) + 1
+            elif sample.state != "ok":
+                self.health.fail(name, f"{sample.state}: {sample.reason}")
+            else:
+                self.health.ok(name)
+            if sample is not None:
+                sample_rows.append(_sample_row(sample))
+            closed += self.builders[dev_id].add_sample(tick, sample)
+
+        if closed:
+            self._commit([self._price(w) for w in closed])
+        self.store.insert_samples(sample_rows)
+        self.summary.rounds += 1
+        self.summary.last_sample_wall = tick.wall
+        for cb in self.on_round:
+            cb(self.summary)
+
+    def _commit(self, rows) -> None:
+        self.summary.windows += self.store.commit_windows(rows)
+        self.summary.partial_windows += sum(1 for w, _ in rows if w["partial"])
+
+    def _give_usage(self, at: float, usage: dict[tuple[str, str], Usage], targets: list[str]) -> None:
+        if not usage or not targets:
+            return
+        for dev_id, part in zip(targets, spread(usage, len(targets))):
+            self.builders[dev_id].add_usage(at, part)
+
+    def _price(self, w: Window):
+        dev = self.devices[w.device]
+        return price_window(w, self.config.node, dev.name, self.config.prices, self.shares[w.device],
+                            self.config_hash)
+
+
+def _sample_row(s: DeviceSample) -> dict[str, Any]:
+    return {
+        "device": s.id, "at": s.at, "state": s.state,
+        "power_w": s.power_w.value if s.power_w else None,
+        "power_source": s.power_w.source if s.power_w else None,
+        "energy_j": s.energy_j.value if s.energy_j else None,
+        "energy_source": s.energy_j.source if s.energy_j else None,
+        "util_pct": s.util_pct.value if s.util_pct else None,
+        "mem_used_bytes": s.mem_used_bytes,
+    }
