@@ -1,0 +1,186 @@
+"""The collector's HTTP API (Starlette, ASGI): ingest of CloudEvents batches, the query API and
+a health check. docs/collector-api.md documents it.
+
+The order of the ingest checks is the order of their cost: the token (401/403) before the
+content type (415), the declared size (413) before any byte is read, the size again while the
+body streams in (so a 50 MB body is never held in memory), then JSON (400), the sources (403)
+and the schema (400); only a batch that passes all of them reaches the store, in one
+transaction. Blocking work (SQLite, parsing a large body) runs in the thread pool so the event
+loop keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from agent.events import BATCH_CONTENT_TYPE, iso
+from collector.auth import Principal, authenticate
+from collector.export import parse_bound, ratios
+from collector.store import GROUP_KEYS, CollectorStore, Query
+from collector.validation import check_batch, foreign_sources
+
+SINGLE_CONTENT_TYPE = "application/cloudevents+json"
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_ERRORS = 1000
+DEFAULT_LIMIT = 1000
+MAX_LIMIT = 10_000
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, error: str, **extra: Any) -> None:
+        self.status, self.body = status, {"error": error, **extra}
+
+
+def _reply(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def create_app(store: CollectorStore, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               max_errors: int = DEFAULT_MAX_ERRORS) -> Starlette:
+    """The ASGI app over a store. The caller owns the store (and closes it)."""
+
+    async def principal_of(request: Request) -> Principal:
+        who = await run_in_threadpool(authenticate, store, request.headers.get("authorization"))
+        if who is None:
+            raise _Refused(401, "missing or unknown bearer token")
+        return who
+
+    async def read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise _Refused(400, "bad Content-Length")
+            if int(declared) > max_body_bytes:
+                raise _Refused(413, f"body of {declared} bytes is over the limit of {max_body_bytes}")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > max_body_bytes:
+                raise _Refused(413, f"body is over the limit of {max_body_bytes} bytes")
+        return bytes(body)
+
+    async def post_events(request: Request) -> Response:
+        who = await principal_of(request)
+        if who.scope != "node":
+            raise _Refused(403, f"a {who.scope} token may not send events")
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype not in (BATCH_CONTENT_TYPE, SINGLE_CONTENT_TYPE):
+            raise _Refused(415, f"content type must be {BATCH_CONTENT_TYPE} (a batch) or "
+                                f"{SINGLE_CONTENT_TYPE} (one event), not {ctype or 'none'}")
+        body = await read_body(request)
+        payload = await run_in_threadpool(_parse_json, body)
+        if ctype == SINGLE_CONTENT_TYPE:
+            if not isinstance(payload, dict):
+                raise _Refused(400, f"{SINGLE_CONTENT_TYPE} must be one JSON object")
+            payload = [payload]
+        elif not isinstance(payload, list):
+            raise _Refused(400, f"{BATCH_CONTENT_TYPE} must be a JSON array of events")
+        foreign = foreign_sources(payload, who.name)
+        if foreign:
+            raise _Refused(403, "events from another node's source", errors=foreign[:max_errors])
+        parsed, errors = await run_in_threadpool(check_batch, payload, max_errors)
+        if errors:
+            raise _Refused(400, "invalid events; nothing was stored", received=len(payload),
+                           errors=errors)
+        result = await run_in_threadpool(store.ingest, parsed)
+        return _reply(200, {"received": len(payload), "accepted": result.accepted,
+                            "duplicates": result.duplicates})
+
+    async def get_windows(request: Request) -> Response:
+        who = await principal_of(request)
+        q = _query(request, who)
+        limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        after = _int_param(request, "after", None, 0, None)
+        rows = await run_in_threadpool(store.windows, q, limit, after)
+        out = [_window_json(r) for r in rows]
+        nxt = str(rows[-1]["seq"]) if len(rows) == limit else None
+        return _reply(200, {"windows": out, "next": nxt})
+
+    async def get_usage(request: Request) -> Response:
+        who = await principal_of(request)
+        q = _query(request, who)
+        raw = request.query_params.get("group_by", "")
+        group_by = [g.strip() for g in raw.split(",") if g.strip()]
+        bad = [g for g in group_by if g not in GROUP_KEYS]
+        if bad or len(set(group_by)) != len(group_by):
+            raise _Refused(400, f"group_by takes distinct keys from {', '.join(GROUP_KEYS)}")
+        rows = await run_in_threadpool(store.usage, group_by, q)
+        return _reply(200, {
+            "group_by": group_by,
+            "since": None if q.since is None else iso(q.since),
+            "until": None if q.until is None else iso(q.until),
+            "groups": [ratios(r) for r in rows],
+        })
+
+    async def healthz(request: Request) -> Response:
+        try:
+            await run_in_threadpool(store.ping)
+        except Exception as e:  # the health check reports any storage failure, it never raises
+            return _reply(503, {"status": "error", "error": str(e)})
+        return _reply(200, {"status": "ok"})
+
+    async def refused(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, _Refused)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return _reply(exc.status, exc.body, headers)
+
+    return Starlette(
+        routes=[
+            Route("/api/v1/events", post_events, methods=["POST"]),
+            Route("/api/v1/windows", get_windows, methods=["GET"]),
+            Route("/api/v1/usage", get_usage, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ],
+        exception_handlers={_Refused: refused},
+    )
+
+
+def _parse_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _Refused(400, "malformed JSON", detail=str(e)) from None
+
+
+def _int_param(request: Request, name: str, default: int | None, lo: int, hi: int | None) -> int | None:
+    text = request.query_params.get(name)
+    if text is None or text == "":
+        return default
+    if not text.isdigit() or int(text) < lo or (hi is not None and int(text) > hi):
+        raise _Refused(400, f"{name} must be an integer from {lo}" + (f" to {hi}" if hi else ""))
+    return int(text)
+
+
+def _query(request: Request, who: Principal) -> Query:
+    p = request.query_params
+    bounds: dict[str, float | None] = {}
+    for name in ("since", "until"):
+        try:
+            bounds[name] = parse_bound(p[name]) if p.get(name) else None
+        except ValueError as e:
+            raise _Refused(400, f"{name}: {e}") from None
+    node = p.get("node") or None
+    if who.scope == "node":
+        # A node token reads its own node's data only.
+        if node is not None and node != who.name:
+            raise _Refused(403, f"a token for node {who.name!r} may not read node {node!r}")
+        node = who.name
+    return Query(node=node, device=p.get("device") or None, model=p.get("model") or None,
+                 tenant=p.get("tenant") if "tenant" in p else None, **bounds)
+
+
+def _window_json(r: dict[str, Any]) -> dict[str, Any]:
+    out = dict(r)
+    out["start"], out["end"] = iso(r["start"]), iso(r["end"])
+    out["received_at"] = iso(r["received_at"])
+    out["partial"] = bool(r["partial"])
+    out["flags"] = json.loads(r["flags"])
+    return out
+

@@ -1,0 +1,129 @@
+"""`meter collector ...`: serve the billing endpoint, create tokens, export bills.
+
+The group is defined here without importing agent.cli (which imports this module to register
+it), so there is no import cycle.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from collector.app import DEFAULT_MAX_BODY_BYTES, create_app
+from collector.auth import create_token
+from collector.export import PERIODS, billing_rows, parse_bound, render_csv, render_json
+from collector.store import Query, SQLiteStore, default_db_path
+
+DEFAULT_LISTEN = "127.0.0.1:8650"
+
+_db_option = click.option(
+    "--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    help="The collector's SQLite database (default: $STATE_DIRECTORY/collector.db under systemd, "
+         "else ~/.local/share/meterd/collector.db).")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6addr]:PORT`` for IPv6) -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise click.BadParameter(f"expected HOST:PORT, not {text!r}", param_hint="--listen")
+    return host.strip("[]"), int(port)
+
+
+@click.group()
+def collector() -> None:
+    """The central billing endpoint: CloudEvents ingest, node tokens, billing export."""
+
+
+@collector.command()
+@_db_option
+@click.option("--listen", default=DEFAULT_LISTEN, show_default=True, metavar="HOST:PORT",
+              help="Where to listen. Plain HTTP: put TLS in front, or give --certfile/--keyfile.")
+@click.option("--max-body", type=click.IntRange(min=1024), default=DEFAULT_MAX_BODY_BYTES,
+              show_default=True, help="Largest request body in bytes (413 above).")
+@click.option("--certfile", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="TLS certificate (PEM) to serve HTTPS.")
+@click.option("--keyfile", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="TLS private key (PEM) for --certfile.")
+def serve(db: Path | None, listen: str, max_body: int, certfile: str | None, keyfile: str | None) -> None:
+    """Serve POST /api/v1/events, the query API and /healthz until interrupted."""
+    import uvicorn  # only the server needs it
+
+    host, port = parse_listen(listen)
+    if (certfile is None) != (keyfile is None):
+        raise click.UsageError("--certfile and --keyfile go together")
+    store = SQLiteStore(db)
+    try:
+        config = uvicorn.Config(
+            create_app(store, max_body_bytes=max_body), host=host, port=port,
+            lifespan="off", ws="none", server_header=False, log_level="info",
+            ssl_certfile=certfile, ssl_keyfile=keyfile,
+        )
+        click.echo(f"collector: database {store.path}", err=True)
+        uvicorn.Server(config).run()
+    finally:
+        store.close()
+
+
+@collector.group()
+def token() -> None:
+    """Bearer tokens: one per node (sends its own events), or read tokens for reports."""
+
+
+@token.command("create")
+@click.argument("name")
+@click.option("--read", "read_only", is_flag=True,
+              help="A read token (queries every node, sends nothing) named NAME, instead of a token for node NAME.")
+@_db_option
+def token_create(name: str, read_only: bool, db: Path | None) -> None:
+    """Create a token for node NAME and print it, once, alone on the last line.
+
+    Only its SHA-256 hash is stored: keep the token, it cannot be shown again.
+    """
+    store = SQLiteStore(db)
+    try:
+        tok = create_token(store, name, scope="read" if read_only else "node")
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+    finally:
+        store.close()
+    kind = "read token" if read_only else "token for node"
+    click.echo(f"Created a {kind} {name!r}. It is shown once; only its hash is stored.", err=True)
+    click.echo(tok)
+
+
+@collector.command()
+@_db_option
+@click.option("--since", required=True, help="Start (inclusive), ISO-8601 date or time; UTC unless it says otherwise.")
+@click.option("--until", required=True, help="End (exclusive), ISO-8601 date or time.")
+@click.option("--period", type=click.Choice(PERIODS), default="day", show_default=True,
+              help="One row per period, node and model.")
+@click.option("--node", default=None, help="Only this node.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
+def export(db: Path | None, since: str, until: str, period: str, node: str | None, fmt: str) -> None:
+    """The billing export: tokens, energy and cost per period, node and model.
+
+    Costs are exact integer micro-units (cost_micro) and the same amount in currency units
+    (cost); cost per million tokens is a ratio of sums, empty when there were no tokens. Idle
+    cost (windows without tokens) is its own row, model "(idle)".
+    """
+    try:
+        t0, t1 = parse_bound(since), parse_bound(until)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+    if t1 <= t0:
+        raise click.ClickException("--until must be after --since")
+    path = db if db is not None else default_db_path()
+    if not Path(path).exists():
+        raise click.ClickException(f"no collector database at {path}")
+    store = SQLiteStore(path)
+    try:
+        groups = store.usage([period, "node", "model"], Query(node=node, since=t0, until=t1))
+    finally:
+        store.close()
+    rows = billing_rows(groups, period)
+    if fmt == "json":
+        click.echo(render_json(rows, since=t0, until=t1, period=period))
+    else:
+        click.echo(render_csv(rows), nl=False)

@@ -1,0 +1,403 @@
+"""The collector's storage: a small interface (``CollectorStore``) and its SQLite backend.
+
+SQLite the way agent/store.py does it: WAL with ``synchronous=FULL`` (a billed event that was
+acknowledged must survive a power cut), a busy timeout, ``BEGIN IMMEDIATE`` for every write,
+schema migrations from the first version on (``PRAGMA user_version``).
+
+Tables:
+
+- ``events``: the raw CloudEvent JSON, as received, with ``UNIQUE (source, id)`` kept forever:
+  the deduplication is the database's constraint, not a cache that forgets after a day.
+- ``windows``: one flattened row per event (node, device, start, end, energy, tokens, costs).
+- ``usage``: the window's rows per model and tenant, plus one unattributed row (``model`` NULL)
+  for what no model took (idle cost), each with its share of energy and seconds; they partition
+  the window exactly (validation.allocate), so grouping by model never hides idle cost.
+- ``tokens``: bearer tokens, hashed (collector/auth.py).
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from collector.validation import Parsed
+
+BUSY_TIMEOUT_MS = 10_000
+GROUP_KEYS = ("node", "device", "model", "tenant", "hour", "day", "month")
+_BUCKETS = {
+    "hour": "strftime('%Y-%m-%dT%H:00:00Z', start, 'unixepoch')",
+    "day": "strftime('%Y-%m-%dT00:00:00Z', start, 'unixepoch')",
+    "month": "strftime('%Y-%m-01T00:00:00Z', start, 'unixepoch')",
+}
+_WINDOW_COLS = (
+    "seq", "node", "device", "device_name", "start", "end", "duration_s", "energy_j",
+    "energy_source", "avg_power_w", "util_pct", "prompt_tokens", "completion_tokens",
+    "cost_capex_micro", "cost_energy_micro", "cost_opex_micro", "cost_micro", "cost_prompt_micro",
+    "cost_completion_micro", "currency", "partial", "gap_s", "flags", "config_hash", "agent_version",
+)
+_USAGE_COLS = (
+    "seq", "node", "device", "start", "currency", "model", "tenant", "attributed",
+    "prompt_tokens", "completion_tokens", "cost_micro", "cost_prompt_micro",
+    "cost_completion_micro", "energy_j", "seconds",
+)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    accepted: int
+    duplicates: int
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    key_id: str
+    scope: str  # "node" (may send its own events, read its own data) or "read" (reads everything)
+    name: str  # the node's name for a node token; a label for a read token
+    secret_sha256: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Query:
+    """Filters shared by the query API and the export. Times are Unix seconds; a window belongs
+    to ``[since, until)`` by its start."""
+
+    node: str | None = None
+    device: str | None = None
+    model: str | None = None
+    tenant: str | None = None
+    since: float | None = None
+    until: float | None = None
+
+
+class CollectorStore(abc.ABC):
+    """What the collector needs from storage. Another backend (PostgreSQL, ...) implements this."""
+
+    @abc.abstractmethod
+    def ingest(self, events: Sequence[Parsed]) -> IngestResult:
+        """Store a batch in one transaction; events already held (same source and id, in an
+        earlier batch or earlier in this one) count as duplicates and are not stored again."""
+
+    @abc.abstractmethod
+    def add_token(self, record: TokenRecord) -> None: ...
+
+    @abc.abstractmethod
+    def get_token(self, key_id: str) -> TokenRecord | None: ...
+
+    @abc.abstractmethod
+    def windows(self, q: Query, limit: int, after: int | None = None) -> list[dict[str, Any]]:
+        """Windows in (start, seq) order, each with its ``usage`` rows; ``after`` is the ``seq`` of
+        the last window of the previous page."""
+
+    @abc.abstractmethod
+    def usage(self, group_by: Sequence[str], q: Query) -> list[dict[str, Any]]:
+        """Integer and energy sums per group (and per currency: never summed across currencies)."""
+
+    @abc.abstractmethod
+    def counts(self) -> dict[str, int]:
+        """Rows per table, for health checks and tests."""
+
+    @abc.abstractmethod
+    def ping(self) -> None:
+        """Raise if the storage cannot answer (``GET /healthz``)."""
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+
+def _script(conn: sqlite3.Connection, sql: str) -> None:
+    """Statement by statement: ``executescript`` would COMMIT the migration's transaction."""
+    for stmt in sql.split(";"):
+        if stmt.strip():
+            conn.execute(stmt)
+
+
+def _m1_initial(conn: sqlite3.Connection) -> None:
+    _script(
+        conn,
+        """
+        CREATE TABLE events (
+            seq INTEGER PRIMARY KEY,
+            source TEXT NOT NULL,
+            id TEXT NOT NULL,
+            received_at REAL NOT NULL,
+            raw TEXT NOT NULL,
+            UNIQUE (source, id)
+        );
+        CREATE TABLE windows (
+            seq INTEGER PRIMARY KEY REFERENCES events(seq),
+            node TEXT NOT NULL,
+            device TEXT NOT NULL,
+            device_name TEXT,
+            start REAL NOT NULL,
+            end REAL NOT NULL,
+            duration_s REAL NOT NULL,
+            energy_j REAL,
+            energy_source TEXT,
+            avg_power_w REAL,
+            util_pct REAL,
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            cost_capex_micro INTEGER NOT NULL,
+            cost_energy_micro INTEGER NOT NULL,
+            cost_opex_micro INTEGER NOT NULL,
+            cost_micro INTEGER NOT NULL,
+            cost_prompt_micro INTEGER NOT NULL,
+            cost_completion_micro INTEGER NOT NULL,
+            currency TEXT NOT NULL,
+            partial INTEGER NOT NULL,
+            gap_s REAL NOT NULL,
+            flags TEXT NOT NULL,
+            config_hash TEXT,
+            agent_version TEXT
+        );
+        CREATE INDEX windows_start ON windows(start);
+        CREATE INDEX windows_node_device_start ON windows(node, device, start);
+        CREATE TABLE usage (
+            seq INTEGER NOT NULL REFERENCES windows(seq),
+            node TEXT NOT NULL,           -- node, device, start, currency: copied from the window
+            device TEXT NOT NULL,         -- so that grouping by model needs no join
+            start REAL NOT NULL,
+            currency TEXT NOT NULL,
+            model TEXT,                   -- NULL: the unattributed rest (idle cost)
+            tenant TEXT,
+            attributed INTEGER NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            cost_micro INTEGER NOT NULL,
+            cost_prompt_micro INTEGER NOT NULL,
+            cost_completion_micro INTEGER NOT NULL,
+            energy_j REAL,                -- the row's share of the window's energy
+            seconds REAL NOT NULL         -- and of its duration
+        );
+        CREATE INDEX usage_seq ON usage(seq);
+        CREATE INDEX usage_start ON usage(start);
+        CREATE TABLE tokens (
+            key_id TEXT PRIMARY KEY,
+            scope TEXT NOT NULL CHECK (scope IN ('node', 'read')),
+            name TEXT NOT NULL,
+            secret_sha256 TEXT NOT NULL,
+            created_at REAL NOT NULL
+        );
+        """
+    )
+
+
+#: Append only. Each entry moves the schema from version i to i+1.
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial]
+
+
+def default_db_path() -> Path:
+    """``$STATE_DIRECTORY/collector.db`` under systemd, else the user's data directory."""
+    state = os.environ.get("STATE_DIRECTORY")
+    if state:
+        return Path(state.split(":")[0]) / "collector.db"
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(data) / "meterd" / "collector.db"
+
+
+class SQLiteStore(CollectorStore):
+    """One connection shared by the server's worker threads behind a lock: SQLite serializes
+    writers anyway, and a billing endpoint's reads are few."""
+
+    def __init__(self, path: str | os.PathLike | None = None, *, clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path) if path is not None else default_db_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._clock = clock
+        self._lock = threading.Lock()
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                               check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self.conn = conn
+            self._migrate()
+        except BaseException:
+            conn.close()
+            raise
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def schema_version(self) -> int:
+        return self.conn.execute("PRAGMA user_version").fetchone()[0]
+
+    def _migrate(self) -> None:
+        version = self.schema_version()
+        if version > len(MIGRATIONS):
+            raise RuntimeError(f"{self.path} has schema version {version}, newer than this "
+                               f"collector knows ({len(MIGRATIONS)}): upgrade meterd")
+        for i in range(version, len(MIGRATIONS)):
+            with self._write():
+                MIGRATIONS[i](self.conn)
+                self.conn.execute(f"PRAGMA user_version = {i + 1}")
+
+    def _write(self) -> "_Immediate":
+        return _Immediate(self.conn)
+
+    def close(self) -> None:
+        with self._lock:
+            self.conn.close()
+
+    # -- ingest -----------------------------------------------------------------------------------
+
+    def ingest(self, events: Sequence[Parsed]) -> IngestResult:
+        now = self._clock()
+        dup = 0
+        windows: list[tuple] = []
+        usage: list[tuple] = []
+        ins = ("INSERT INTO events (source, id, received_at, raw) VALUES (?, ?, ?, ?) "
+               "ON CONFLICT (source, id) DO NOTHING")
+        with self._lock, self._write():
+            for p in events:
+                cur = self.conn.execute(ins, (p.source, p.id, now, p.raw))
+                if cur.rowcount == 0:
+                    dup += 1
+                    continue
+                seq = cur.lastrowid
+                w = {**p.window, "seq": seq}
+                windows.append(tuple(w[c] for c in _WINDOW_COLS))
+                for u in p.usage:
+                    row = {**u, "seq": seq, "node": w["node"], "device": w["device"],
+                           "start": w["start"], "currency": w["currency"]}
+                    usage.append(tuple(row[c] for c in _USAGE_COLS))
+            self.conn.executemany(
+                f"INSERT INTO windows ({', '.join(_WINDOW_COLS)}) "
+                f"VALUES ({', '.join('?' * len(_WINDOW_COLS))})", windows)
+            self.conn.executemany(
+                f"INSERT INTO usage ({', '.join(_USAGE_COLS)}) "
+                f"VALUES ({', '.join('?' * len(_USAGE_COLS))})", usage)
+        return IngestResult(accepted=len(windows), duplicates=dup)
+
+    # -- tokens -----------------------------------------------------------------------------------
+
+    def add_token(self, record: TokenRecord) -> None:
+        with self._lock, self._write():
+            self.conn.execute(
+                "INSERT INTO tokens (key_id, scope, name, secret_sha256, created_at) VALUES (?, ?, ?, ?, ?)",
+                (record.key_id, record.scope, record.name, record.secret_sha256, record.created_at))
+
+    def get_token(self, key_id: str) -> TokenRecord | None:
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT key_id, scope, name, secret_sha256, created_at FROM tokens WHERE key_id = ?",
+                (key_id,)).fetchone()
+        return TokenRecord(*row) if row else None
+
+    # -- queries ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _where(q: Query, table: str) -> tuple[list[str], list[Any]]:
+        where, args = [], []
+        for col in ("node", "device"):
+            if getattr(q, col) is not None:
+                where.append(f"{table}.{col} = ?")
+                args.append(getattr(q, col))
+        if q.since is not None:
+            where.append(f"{table}.start >= ?")
+            args.append(q.since)
+        if q.until is not None:
+            where.append(f"{table}.start < ?")
+            args.append(q.until)
+        return where, args
+
+    def windows(self, q: Query, limit: int, after: int | None = None) -> list[dict[str, Any]]:
+        where, args = self._where(q, "w")
+        for col in ("model", "tenant"):
+            if getattr(q, col) is not None:
+                where.append(f"EXISTS (SELECT 1 FROM usage u WHERE u.seq = w.seq AND u.{col} = ?)")
+                args.append(getattr(q, col))
+        if after is not None:
+            where.append("(w.start, w.seq) > (SELECT start, seq FROM windows WHERE seq = ?)")
+            args.append(after)
+        sql = (f"SELECT w.*, e.id AS event_id, e.received_at FROM windows w "
+               f"JOIN events e ON e.seq = w.seq "
+               f"{'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY w.start, w.seq LIMIT ?")
+        with self._lock:
+            rows = _dicts(self.conn.execute(sql, [*args, limit]))
+            by_seq = {r["seq"]: r for r in rows}
+            for r in rows:
+                r["usage"] = []
+            for chunk in _chunks(list(by_seq), 500):
+                for u in _dicts(self.conn.execute(
+                        "SELECT seq, model, tenant, prompt_tokens, completion_tokens, cost_micro, "
+                        "cost_prompt_micro, cost_completion_micro, energy_j, seconds FROM usage "
+                        f"WHERE seq IN ({', '.join('?' * len(chunk))}) ORDER BY seq, rowid", chunk)):
+                    by_seq[u.pop("seq")]["usage"].append(u)
+        return rows
+
+    def usage(self, group_by: Sequence[str], q: Query) -> list[dict[str, Any]]:
+        bad = [g for g in group_by if g not in GROUP_KEYS]
+        if bad:
+            raise ValueError(f"cannot group by {', '.join(bad)}: choose from {', '.join(GROUP_KEYS)}")
+        per_model = any(g in ("model", "tenant") for g in group_by) or q.model is not None \
+            or q.tenant is not None
+        keys = [f"{_BUCKETS.get(g, g)} AS {g}" for g in group_by]
+        names = [*group_by, "currency"]
+        where, args = self._where(q, "t")
+        if per_model:
+            for col in ("model", "tenant"):
+                if getattr(q, col) is not None:
+                    where.append(f"t.{col} = ?")
+                    args.append(getattr(q, col))
+            sums = ("COUNT(DISTINCT seq) AS windows, SUM(seconds) AS seconds, "
+                    "SUM(energy_j) AS energy_j, SUM(prompt_tokens) AS prompt_tokens, "
+                    "SUM(completion_tokens) AS completion_tokens, NULL AS cost_capex_micro, "
+                    "NULL AS cost_energy_micro, NULL AS cost_opex_micro, SUM(cost_micro) AS cost_micro, "
+                    "SUM(cost_prompt_micro) AS cost_prompt_micro, "
+                    "SUM(cost_completion_micro) AS cost_completion_micro")
+            table = "usage"
+        else:
+            sums = ("COUNT(*) AS windows, SUM(duration_s) AS seconds, SUM(energy_j) AS energy_j, "
+                    "SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens, "
+                    "SUM(cost_capex_micro) AS cost_capex_micro, SUM(cost_energy_micro) AS cost_energy_micro, "
+                    "SUM(cost_opex_micro) AS cost_opex_micro, SUM(cost_micro) AS cost_micro, "
+                    "SUM(cost_prompt_micro) AS cost_prompt_micro, "
+                    "SUM(cost_completion_micro) AS cost_completion_micro")
+            table = "windows"
+        idle = ("SUM(CASE WHEN prompt_tokens + completion_tokens = 0 THEN cost_micro ELSE 0 END) "
+                "AS idle_cost_micro")
+        group = ", ".join(names)
+        sql = (f"SELECT {', '.join([*keys, 'currency', sums, idle])} FROM {table} t "
+               f"{'WHERE ' + ' AND '.join(where) if where else ''} "
+               f"GROUP BY {group} ORDER BY {group}")
+        with self._lock:
+            return _dicts(self.conn.execute(sql, args))
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {t: self.conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                    for t in ("events", "windows", "usage", "tokens")}
+
+    def ping(self) -> None:
+        with self._lock:
+            self.conn.execute("SELECT 1").fetchone()
+
+
+def _dicts(cur: sqlite3.Cursor) -> list[dict[str, Any]]:
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+def _chunks(items: list, n: int) -> Iterable[list]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+class _Immediate:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")

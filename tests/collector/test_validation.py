@@ -1,0 +1,139 @@
+"""Pure schema validation of meterd.window.v1 events: plain values in, parsed rows or errors out."""
+
+import copy
+import json
+
+import pytest
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent
+
+from collector.validation import check_batch, check_event, foreign_sources
+from tests.collector.conftest import T0, make_event
+
+
+def test_an_event_from_the_agent_builder_is_valid_and_flattened():
+    ev = make_event(prompt=1200, completion=450)
+    # The CloudEvents SDK agrees that this is a CloudEvent 1.0 (it validates the attributes).
+    sdk = JSONFormat().read(None, json.dumps(ev).encode())
+    assert isinstance(sdk, CloudEvent)
+    assert sdk.get_id() == ev["id"] and sdk.get_source() == "n1" and sdk.get_type() == "meterd.window.v1"
+    parsed, errors = check_event(ev, 0)
+    assert errors == []
+    w = parsed.window
+    assert (w["node"], w["device"], w["start"], w["end"]) == ("n1", "GPU-0", T0, T0 + 60)
+    assert w["cost_micro"] == 61_234 and w["prompt_tokens"] == 1200
+    assert json.loads(parsed.raw) == ev
+    assert [u["model"] for u in parsed.usage] == ["llama-3.1-8b"]
+    assert parsed.usage[0]["energy_j"] == pytest.approx(31_250.5)
+
+
+def test_an_idle_window_gets_one_unattributed_row_with_all_its_cost_and_energy():
+    parsed, errors = check_event(make_event(prompt=0, completion=0), 0)
+    assert errors == []
+    [rest] = parsed.usage
+    assert rest["model"] is None and rest["attributed"] == 0
+    assert rest["cost_micro"] == 61_234 and rest["energy_j"] == pytest.approx(31_250.5)
+    assert rest["seconds"] == pytest.approx(60.0)
+
+
+def test_usage_rows_partition_the_window_exactly():
+    parsed, _ = check_event(make_event(models=[("a", "t1"), ("b", "t1"), ("a", "t2")], prompt=1001,
+                                       completion=333), 0)
+    rows = parsed.usage
+    assert len(rows) == 3
+    assert sum(r["cost_micro"] for r in rows) == parsed.window["cost_micro"]
+    assert sum(r["prompt_tokens"] for r in rows) == 1001
+    assert sum(r["energy_j"] for r in rows) == pytest.approx(31_250.5)
+    assert sum(r["seconds"] for r in rows) == pytest.approx(60.0)
+
+
+def _broken(mutate):
+    ev = make_event()
+    mutate(ev)
+    parsed, errors = check_event(ev, 7)
+    assert parsed is None and errors
+    for e in errors:
+        assert e["index"] == 7 and set(e) == {"index", "id", "field", "problem"}
+    return {e["field"]: e["problem"] for e in errors}
+
+
+@pytest.mark.parametrize("mutate, field, words", [
+    (lambda e: e.update(specversion="0.3"), "specversion", "1.0"),
+    (lambda e: e.pop("id"), "id", "missing"),
+    (lambda e: e.update(type="com.example.other"), "type", "meterd.window.v1"),
+    (lambda e: e.update(data="nope"), "data", "object"),
+    (lambda e: e["data"].update(prompt_tokens="1200"), "data.prompt_tokens", "integer"),
+    (lambda e: e["data"].update(prompt_tokens=True), "data.prompt_tokens", "integer"),
+    (lambda e: e["data"].update(completion_tokens=-1), "data.completion_tokens", "between"),
+    (lambda e: e["data"].update(completion_tokens=2**63), "data.completion_tokens", "between"),
+    (lambda e: e["data"].update(energy_j="lots"), "data.energy_j", "number"),
+    (lambda e: e["data"].update(energy_j=float("nan")), "data.energy_j", "finite"),
+    (lambda e: e["data"].update(energy_source="guess"), "data.energy_source", "counter"),
+    (lambda e: e["data"].update(start="2026-11-28 00:00:00"), "data.start", "offset"),
+    (lambda e: e["data"].update(end=e["data"]["start"]), "data.end", "after"),
+    (lambda e: e["data"].update(duration_s=59.0), "data.duration_s", "end - start"),
+    (lambda e: e["data"]["cost"].update(capex_micro=1.5), "data.cost.capex_micro", "integer"),
+    (lambda e: e["data"]["cost"].pop("currency"), "data.cost.currency", "missing"),
+    (lambda e: e["data"]["usage"][0].update(model=None), "data.usage[0].model", "string"),
+    (lambda e: e["data"]["usage"].append(dict(e["data"]["usage"][0])), "data.usage[1]", "twice"),
+    (lambda e: e["data"].update(node="n2"), "data.node", "source"),
+    (lambda e: e["data"].update(device="GPU-9"), "data.device", "subject"),
+    (lambda e: e["data"].update(flags=[1]), "data.flags", "strings"),
+])
+def test_each_schema_break_names_its_field(mutate, field, words):
+    problems = _broken(mutate)
+    assert field in problems, problems
+    assert words in problems[field]
+
+
+def test_the_contract_arithmetic_is_checked():
+    assert "capex_micro + energy_micro" in _broken(
+        lambda e: e["data"]["cost"].update(total_micro=e["data"]["cost"]["total_micro"] + 1)
+    )["data.cost.total_micro"]
+    assert "total_micro" in _broken(
+        lambda e: e["data"]["cost"].update(prompt_micro=e["data"]["cost"]["prompt_micro"] + 1)
+    )["data.cost.prompt_micro"]
+    assert "sum to" in _broken(
+        lambda e: e["data"]["usage"][0].update(cost_micro=1))["data.usage"]
+    assert "exceed" in _broken(
+        lambda e: e["data"]["usage"][0].update(prompt_tokens=10**9))["data.usage"]
+
+
+def test_the_id_must_be_derived_from_the_window():
+    problems = _broken(lambda e: e.update(id="not-the-derived-id"))
+    assert "derived" in problems["id"]
+    problems = _broken(lambda e: e.update(time="2026-11-28T00:05:00Z"))
+    assert "start" in problems["time"]
+
+
+def test_a_batch_collects_errors_per_event_and_caps_them():
+    good = make_event()
+    bad = copy.deepcopy(good)
+    bad["data"]["prompt_tokens"] = "x"
+    parsed, errors = check_batch([good, bad, 42])
+    assert len(parsed) == 1
+    assert [(e["index"], e["field"]) for e in errors] == [(1, "data.prompt_tokens"), (2, "")]
+    assert errors[0]["id"] == good["id"] and errors[1]["id"] is None
+    _, errors = check_batch([bad] * 50, max_errors=10)
+    assert len(errors) == 10
+    _, errors = check_batch({"not": "a list"})
+    assert "array" in errors[0]["problem"]
+
+
+def test_foreign_sources_name_the_events():
+    evs = [make_event("n1"), make_event("n2", start=T0 + 60)]
+    assert foreign_sources(evs, "n1") == [{
+        "index": 1, "id": evs[1]["id"], "field": "source",
+        "problem": "a token for node 'n1' may not send events from 'n2'"}]
+    assert foreign_sources(evs[:1], "n1") == []
+
+
+def test_an_event_written_by_the_sdk_is_accepted():
+    """The SDK's own structured writer (time as a datetime, re-serialized) round-trips."""
+    ev = make_event()
+    attrs = {k: v for k, v in ev.items() if k != "data"}
+    sdk_event = JSONFormat().read(None, json.dumps(ev).encode())
+    again = json.loads(JSONFormat().write(sdk_event))
+    assert {k: again[k] for k in attrs} == attrs | {"time": again["time"]}
+    parsed, errors = check_event(again, 0)
+    assert errors == [] and parsed.id == ev["id"]
