@@ -174,7 +174,11 @@ def prompt_share(prompt_tokens: int, completion_tokens: int, prefill_s: float | 
     if completion_tokens <= 0:
         return Fraction(1)
     if prefill_s is not None and decode_s is not None and prefill_s + decode_s > 0:
-        return _frac(prefill_s) / (_frac(prefill_s) + _frac(decode_s))
+        # Quantized to the microsecond: seconds come from float counters subtracted, and
+        # 0.20000000000000004 s must not tip a half-micro rounding.
+        pre, dec = _frac(round(prefill_s, 6)), _frac(round(decode_s, 6))
+        if pre + dec > 0:
+            return pre / (pre + dec)
     wp = _frac(prompt_token_weight) * prompt_tokens
     return wp / (wp + completion_tokens)
 

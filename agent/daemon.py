@@ -154,6 +154,9 @@ class Agent:
                     next_prune = self.clocks.mono() + SAMPLES_PRUNE_EVERY_S
                 if should_stop():
                     break
+            else:
+                # stopped between rounds: one last round, so the partial window runs to the stop
+                self.round(self.clocks.tick())
         finally:
             self.shutdown()
         return self.summary
@@ -162,9 +165,7 @@ class Agent:
         at = self.clocks.wall()
         rows = []
         for dev_id, b in self.builders.items():
-            w = b.close(at)
-            if w.end > w.start:
-                rows.append(self._price(w))
+            rows += [self._price(w) for w in b.close(at)]
         self.builders.clear()
         if rows:
             self._commit(rows)

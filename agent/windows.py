@@ -167,13 +167,15 @@ class WindowBuilder:
         self._t = t
         return closed
 
-    def close(self, at: float) -> Window:
-        """Shutdown: the open window ends at ``at``, partial."""
+    def close(self, at: float) -> list[Window]:
+        """Shutdown at ``at``: windows that ended since the last sample close (their tail is a
+        gap), and the open one ends at ``at``, partial. A zero-length last window is dropped."""
+        closed = self._advance_to(max(at, self._t))
         w = self.current
         w.end = max(w.start, at)
         w.partial = True
         w.flag("shutdown")
-        return w
+        return closed + ([w] if w.end > w.start else [])
 
     # -- integration ----------------------------------------------------------------------------
 

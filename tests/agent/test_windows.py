@@ -107,10 +107,19 @@ def test_shutdown_closes_the_open_window_as_partial():
     b = WindowBuilder("gpu0", 10, T0, max_gap_s=3)
     b.add_sample(tick(T0), sample(T0, 100.0, 0.0))
     b.add_sample(tick(T0 + 2), sample(T0 + 2, 100.0, 200.0))
-    w = b.close(T0 + 2.5)
+    (w,) = b.close(T0 + 2.5)
     assert (w.start, w.end, w.partial) == (T0, T0 + 2.5, True)
     assert "shutdown" in w.flags
     assert w.gap_s == pytest.approx(0.5)
+
+
+def test_shutdown_after_a_boundary_closes_the_full_window_first():
+    b = WindowBuilder("gpu0", 10, T0, max_gap_s=3)
+    b.add_sample(tick(T0 + 8), sample(T0 + 8, 100.0, 0.0))
+    full, tail = b.close(T0 + 12)
+    assert (full.start, full.end, full.partial) == (T0, T0 + 10, False)
+    assert (tail.start, tail.end, tail.partial) == (T0 + 10, T0 + 12, True)
+    assert b.close(T0 + 12)[-1].end == T0 + 12
 
 
 def test_clock_step_and_suspend_are_flagged_and_not_integrated():

@@ -1,0 +1,118 @@
+"""The agent end to end, in process and deterministic: the fake NVML with 8 GPUs, a real fake
+vLLM server on loopback whose counters advance by known amounts, 1-second windows, a manual
+clock. Stored energy, tokens and cost must equal hand-computed values."""
+
+import json
+
+import pytest
+
+from agent.config import Prices, SourceConfig, default_config, to_micro
+from agent.daemon import Agent
+from agent.sampler import Clocks
+from agent.store import Store
+from probes.devices import get_devices
+from tests.fakes.nvml import h100
+from tests.fakes.servers import FakeInferenceServer
+
+T0 = 1_800_000_000.0  # a whole minute
+
+
+class World:
+    """The manual clock, and a vLLM server that serves one request per GPU-second, mid-second."""
+
+    def __init__(self, clock, server):
+        self.clock, self.server = clock, server
+        self.mono0 = 5_000.0
+        self.next_batch = T0 + 0.25
+
+    def mono(self):
+        return self.clock() - T0 + self.mono0
+
+    def sleep(self, seconds):
+        self.clock.advance(seconds)
+        # every second, at .25, a batch of requests completes: 800 prompt, 400 completion tokens
+        while self.next_batch <= self.clock():
+            self.server.add("llama-3-8b", 800, 400, prefill_s=0.2, decode_s=0.6)
+            self.next_batch += 1.0
+
+
+@pytest.fixture
+def world(fake_nvml, clock):
+    clock.t = T0
+    fake_nvml([h100(curve=[(0.0, 500.0)]) for _ in range(8)])
+    with FakeInferenceServer("vllm", models=["llama-3-8b"]) as server:
+        yield World(clock, server)
+
+
+def test_eight_gpus_and_a_vllm_server_give_hand_computed_windows(world, tmp_path):
+    prices = Prices(rental_per_gpu_hour_micro=to_micro("3.6"),  # 1000 micro/s per GPU
+                    energy_per_kwh_micro=to_micro("0.36"), pue=1.0,  # 0.1 micro per joule
+                    opex_per_node_month_micro=0)
+    config = default_config(node="node-a", interval_s=0.5, window_s=1, prices=prices,
+                            sources=(SourceConfig(kind="vllm", url=world.server.url, name="vllm"),))
+    node = get_devices(clock=world.clock)
+    store = Store(tmp_path / "m.db")
+    clocks = Clocks(wall=world.clock, mono=world.mono, boot=world.mono, sleep=world.sleep)
+    # the first request completes before the agent's first scrape, so it is the baseline
+    world.server.add("llama-3-8b", 8, 8, prefill_s=0.1, decode_s=0.1)
+
+    summary = Agent(config, store, node, clocks=clocks).run(duration_s=5.0)
+    node.close()
+
+    gpu_windows = [w for w in store.windows() if w["device"].startswith("GPU-")]
+    assert len(gpu_windows) == 8 * 5
+    assert summary.windows == 9 * 5  # 8 GPUs and the CPU, 5 whole windows each
+    for w in gpu_windows:
+        assert T0 <= w["start"] < T0 + 5 and w["end"] - w["start"] == 1.0
+        assert not w["partial"] and w["gap_s"] == 0
+        assert w["energy_j"] == pytest.approx(500.0) and w["energy_source"] == "counter"
+        assert w["avg_power_w"] == pytest.approx(500.0)
+        # 800 prompt / 400 completion tokens a second over 8 GPUs behind one server
+        assert (w["prompt_tokens"], w["completion_tokens"]) == (100, 50)
+        # capex 1000 x 1 s + energy 500 J x 0.1 = 1050 micro-USD, exactly
+        assert (w["cost_capex_micro"], w["cost_energy_micro"], w["cost_opex_micro"]) == (1000, 50, 0)
+        assert w["cost_micro"] == 1050
+        # prefill 0.2 s : decode 0.6 s -> prompt carries a quarter: 262.5 rounds half-even to 262
+        assert (w["cost_prompt_micro"], w["cost_completion_micro"]) == (262, 788)
+        (u,) = store.usage_of(w["id"])
+        assert (u["model"], u["tenant"], u["cost_micro"]) == ("llama-3-8b", "", 1050)
+    cpu = [w for w in store.windows() if w["device"] == "cpu"]
+    assert len(cpu) == 5 and all(w["cost_capex_micro"] == 0 for w in cpu)  # the GPUs carry the node
+    assert all(w["prompt_tokens"] == 0 for w in cpu)
+
+    # rollups hold the same totals, exactly
+    total = store.conn.execute(
+        "SELECT sum(cost_micro), sum(prompt_tokens), sum(energy_j) FROM rollups"
+        " WHERE period = 'hour' AND model = '' AND device LIKE 'GPU-%'").fetchone()
+    assert total[0] == 8 * 5 * 1050 and total[1] == 8 * 5 * 100
+    assert total[2] == pytest.approx(8 * 5 * 500.0)
+    by_model = store.conn.execute(
+        "SELECT sum(cost_micro), sum(completion_tokens) FROM rollups WHERE period = 'day' AND model = 'llama-3-8b'"
+    ).fetchone()
+    assert by_model == (8 * 5 * 1050, 5 * 400)
+    store.close()
+
+
+def test_no_token_source_still_meters_cost(no_nvml, tmp_path, clock):
+    clock.t = T0 + 0.3
+    mono = {"t": 100.0}
+
+    def sleep(s):
+        clock.advance(s)
+        mono["t"] += s
+
+    prices = Prices(capex_per_node_micro=to_micro(31557.6), capex_per_gpu_micro=0, residual_fraction=0,
+                    depreciation_years=1, opex_per_node_month_micro=0)  # 1000 micro/s for the CPU node
+    config = default_config(node="cpu-box", interval_s=0.5, window_s=1, prices=prices)
+    node = get_devices(clock=clock)
+    store = Store(tmp_path / "m.db")
+    Agent(config, store, node, clocks=Clocks(wall=clock, mono=lambda: mono["t"], boot=lambda: mono["t"],
+                                            sleep=sleep)).run(duration_s=2.0)
+    ws = store.windows()
+    assert [w["device"] for w in ws] == ["cpu"] * len(ws) and len(ws) == 3
+    first, *_, last = ws
+    assert first["partial"] and json.loads(first["flags"]) == ["startup"]
+    assert first["start"] == T0 + 0.3 and first["cost_capex_micro"] == 700  # 0.7 s of 1000/s
+    assert last["partial"] and "shutdown" in json.loads(last["flags"])
+    assert all(w["prompt_tokens"] == 0 and w["energy_source"] == "estimated" for w in ws)
+    store.close()

@@ -1,0 +1,110 @@
+import json
+import tomllib
+
+import pytest
+from click.testing import CliRunner
+
+from agent.cli import main
+from agent.config import EXAMPLE, ConfigError, default_config, parse_config, parse_source_flag, to_micro
+
+
+def check(tmp_path, text):
+    p = tmp_path / "meterd.toml"
+    p.write_text(text)
+    return CliRunner().invoke(main, ["config", "check", str(p)])
+
+
+@pytest.mark.parametrize("text, message", [
+    ('interval_s = "fast"\n', "interval_s: expected a number, got str 'fast'"),
+    ("[prices]\ncapx_per_gpu = 1\n", "prices.capx_per_gpu: unknown key (did you mean 'capex_per_gpu'?)"),
+    ("[prices]\nenergy_per_kwh = -0.1\n", "prices.energy_per_kwh: a price cannot be negative, got -0.1"),
+    ("[prices]\npue = 0.8\n", "prices.pue: must be at least 1, got 0.8"),
+    ("window_s = 7\n", "window_s: must divide an hour evenly"),
+    ("[[sources]]\nkind = \"vlm\"\nurl = \"http://x\"\n", "sources[0].kind: expected one of vllm"),
+    ("[[sources]]\nkind = \"vllm\"\n", "sources[0].url: expected a non-empty string"),
+    ("[[prices.tariff]]\nstart = \"25:00\"\nend = \"01:00\"\nenergy_per_kwh = 0.1\n", "prices.tariff[0].start: expected a time HH:MM"),
+    ("[prices]\ntariff_timezone = \"Mars/Olympus\"\n", "prices.tariff_timezone: unknown time zone"),
+    ("node = \n", "not valid TOML"),
+])
+def test_config_check_names_the_key_and_the_problem(tmp_path, text, message):
+    r = check(tmp_path, text)
+    assert r.exit_code != 0
+    assert message in r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_config_check_missing_file(tmp_path):
+    r = CliRunner().invoke(main, ["config", "check", str(tmp_path / "nope.toml")])
+    assert r.exit_code != 0 and "config file not found" in r.output and "Traceback" not in r.output
+
+
+def test_example_config_is_valid_and_init_writes_it(tmp_path):
+    parse_config(tomllib.loads(EXAMPLE))
+    p = tmp_path / "m.toml"
+    r = CliRunner().invoke(main, ["config", "init", str(p)])
+    assert r.exit_code == 0 and p.read_text() == EXAMPLE
+    r = CliRunner().invoke(main, ["config", "init", str(p)])
+    assert r.exit_code != 0 and "--force" in r.output
+    r = CliRunner().invoke(main, ["config", "check", str(p)])
+    assert r.exit_code == 0 and "ok" in r.output
+
+
+def test_a_full_config_parses_money_exactly(tmp_path):
+    text = """
+node = "n1"
+window_s = 30
+[prices]
+energy_per_kwh = 0.1
+rental_per_gpu_hour = 2.35
+[[prices.tariff]]
+start = "22:00"
+end = "06:00"
+energy_per_kwh = 0.07
+days = ["sat", "sun"]
+[[sources]]
+kind = "generic"
+url = "http://127.0.0.1:9000/metrics"
+prompt_metric = "in_tokens"
+completion_metric = "out_tokens"
+devices = [0, "1"]
+"""
+    r = check(tmp_path, text)
+    assert r.exit_code == 0, r.output
+    c = parse_config(tomllib.loads(text))
+    assert c.prices.energy_per_kwh_micro == 100_000 and c.prices.rental_per_gpu_hour_micro == 2_350_000
+    assert c.prices.tariff[0].start_min == 22 * 60 and c.prices.tariff[0].days == ("sat", "sun")
+    assert c.sources[0].devices == ("0", "1")
+    assert c.hash() != default_config(node="n1").hash()
+
+
+def test_source_flag():
+    s = parse_source_flag("vllm=http://127.0.0.1:8000/metrics")
+    assert (s.kind, s.url, s.devices) == ("vllm", "http://127.0.0.1:8000/metrics", ("all",))
+    with pytest.raises(ConfigError, match="KIND=URL"):
+        parse_source_flag("vllm")
+    assert to_micro(0.1) == 100_000
+
+
+def test_agent_flags_override_and_windows_json(tmp_path):
+    db = tmp_path / "m.db"
+    r = CliRunner().invoke(main, ["agent", "--db", str(db), "--window", "1", "--interval", "0.2", "--duration", "1.5"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["windows", "--db", str(db), "--json"])
+    rows = json.loads(r.output)
+    assert rows and {"node", "device", "start", "end", "energy_j", "energy_source", "avg_power_w", "util_pct",
+                     "prompt_tokens", "completion_tokens", "cost_micro", "cost_per_mtok", "partial",
+                     "gap_s"} <= set(rows[0])
+    assert all(w["cost_per_mtok"] is None and w["cost_micro"] >= 0 for w in rows)  # no tokens: undefined
+    assert rows[0]["partial"] is True  # started mid-window
+    r = CliRunner().invoke(main, ["windows", "--db", str(db), "--since", "yesterday"])
+    assert r.exit_code != 0 and "is not a time" in r.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--window", "7"], "--window: must divide an hour"),
+    (["--source", "vllm"], "expected KIND=URL"),
+    (["--interval", "5", "--window", "1"], "must not exceed the window"),
+])
+def test_agent_rejects_bad_flags(tmp_path, args, message):
+    r = CliRunner().invoke(main, ["agent", "--db", str(tmp_path / "m.db"), "--duration", "1", *args])
+    assert r.exit_code != 0 and message in r.output
