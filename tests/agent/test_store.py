@@ -51,3 +51,55 @@ def test_default_path_follows_systemd_state_directory(monkeypatch, tmp_path):
     monkeypatch.delenv("STATE_DIRECTORY")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     assert default_db_path() == tmp_path / "xdg/meterd/meterd.db"
+
+
+def _window(start, cost=1000, device="GPU-1"):
+    from agent.events import event_id
+    return {
+        "node": "n", "device": device, "device_name": "H100", "start": start, "end": start + 60,
+        "energy_j": 100.0, "energy_source": "counter", "avg_power_w": 1.7, "util_pct": 50.0,
+        "prompt_tokens": 30, "completion_tokens": 10, "cost_capex_micro": cost - 100,
+        "cost_energy_micro": 80, "cost_opex_micro": 20, "cost_micro": cost, "cost_prompt_micro": 400,
+        "cost_completion_micro": cost - 400, "currency": "USD", "partial": 0, "gap_s": 0.0, "flags": "[]",
+        "config_hash": "h", "agent_version": "t", "event_id": event_id("n", device, start),
+    }
+
+
+def _usage(cost=1000):
+    return [{"model": "m", "tenant": "", "prompt_tokens": 30, "completion_tokens": 10, "cost_micro": cost,
+             "cost_prompt_micro": 400, "cost_completion_micro": cost - 400, "cost_capex_micro": cost - 100,
+             "cost_energy_micro": 80, "cost_opex_micro": 20, "energy_j": 100.0}]
+
+
+def test_a_committed_window_is_never_rewritten(tmp_path):
+    s = Store(tmp_path / "m.db")
+    assert s.commit_windows([(_window(3600.0), _usage())]) == 1
+    assert s.commit_windows([(_window(3600.0, cost=999_999), _usage(999_999)), (_window(3660.0), _usage())]) == 1
+    ws = s.windows()
+    assert [w["cost_micro"] for w in ws] == [1000, 1000]
+    assert s.last_window_end("n", "GPU-1") == 3720.0
+    # the rollups count each window once
+    hour = s.conn.execute("SELECT windows, cost_micro, prompt_tokens FROM rollups"
+                          " WHERE period='hour' AND model=''").fetchone()
+    assert hour == (2, 2000, 60)
+    assert s.conn.execute("SELECT count(*) FROM window_usage").fetchone()[0] == 2
+
+
+def test_rollups_bucket_by_hour_and_day(tmp_path):
+    s = Store(tmp_path / "m.db")
+    s.commit_windows([(_window(3540.0), _usage()), (_window(3600.0), _usage()), (_window(86400.0), [])])
+    hours = s.conn.execute("SELECT bucket, windows, idle_cost_micro FROM rollups WHERE period='hour' AND model=''"
+                           " ORDER BY bucket").fetchall()
+    assert hours == [(0.0, 1, 0), (3600.0, 1, 0), (86400.0, 1, 0)]
+    days = s.conn.execute("SELECT bucket, windows, cost_micro FROM rollups WHERE period='day' AND model=''"
+                          " ORDER BY bucket").fetchall()
+    assert days == [(0.0, 2, 2000), (86400.0, 1, 1000)]
+
+
+def test_samples_are_pruned_by_age(tmp_path):
+    s = Store(tmp_path / "m.db")
+    s.insert_samples([{"device": "cpu", "at": t, "state": "ok", "power_w": 1.0, "power_source": "estimated",
+                       "energy_j": None, "energy_source": None, "util_pct": 1.0, "mem_used_bytes": 1}
+                      for t in (10.0, 20.0, 30.0)])
+    assert s.prune_samples(before=25.0) == 2
+    assert s.conn.execute("SELECT at FROM samples").fetchall() == [(30.0,)]
