@@ -6,6 +6,7 @@ it), so there is no import cycle.
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import click
@@ -29,6 +30,10 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise click.BadParameter(f"expected HOST:PORT, not {text!r}", param_hint="--listen")
     return host.strip("[]"), int(port)
+
+
+def _exit_cleanly(signum, frame) -> None:
+    raise SystemExit(0)
 
 
 @click.group()
@@ -61,7 +66,15 @@ def serve(db: Path | None, listen: str, max_body: int, certfile: str | None, key
             ssl_certfile=certfile, ssl_keyfile=keyfile,
         )
         click.echo(f"collector: database {store.path}", err=True)
-        uvicorn.Server(config).run()
+        # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal: end with
+        # status 0 rather than "Aborted!" or death by SIGTERM (systemd counts that as a failure).
+        previous = signal.signal(signal.SIGTERM, _exit_cleanly)
+        try:
+            uvicorn.Server(config).run()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     finally:
         store.close()
 

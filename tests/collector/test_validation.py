@@ -137,3 +137,12 @@ def test_an_event_written_by_the_sdk_is_accepted():
     assert {k: again[k] for k in attrs} == attrs | {"time": again["time"]}
     parsed, errors = check_event(again, 0)
     assert errors == [] and parsed.id == ev["id"]
+
+
+def test_a_partial_window_starting_between_milliseconds_is_accepted():
+    """The agent's id rounds the start to the millisecond; the wire's time truncates it."""
+    for frac in (0.1234, 0.1236, 0.9996):
+        ev = make_event(start=T0 + frac, duration=60 - frac)
+        parsed, errors = check_event(ev, 0)
+        assert errors == [], (frac, errors)
+        assert parsed.window["start"] == pytest.approx(T0 + frac, abs=1e-3)

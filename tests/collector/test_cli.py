@@ -1,0 +1,140 @@
+"""`meter collector ...`: token create, export, and serve as a real process."""
+
+import csv
+import hashlib
+import io
+import json
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+from click.testing import CliRunner
+
+from agent.cli import main
+from collector.auth import authenticate
+from collector.store import SQLiteStore
+from collector.validation import check_batch
+from tests.collector.conftest import T0, make_event, minutes, post_batch
+
+
+def meter(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_token_create_prints_the_token_alone_on_the_last_line_and_stores_its_hash(tmp_path):
+    db = tmp_path / "c.db"
+    r = meter("collector", "token", "create", "gpu-node-17", "--db", str(db))
+    assert r.exit_code == 0, r.output
+    token = r.output.strip().splitlines()[-1]
+    assert token.startswith("mtk_") and " " not in token and r.stdout.strip() == token
+    with sqlite3.connect(db) as c:
+        rows = c.execute("SELECT key_id, scope, name, secret_sha256 FROM tokens").fetchall()
+    c.close()
+    [(key_id, scope, name, digest)] = rows
+    secret = token.split("_", 2)[2]
+    assert (scope, name) == ("node", "gpu-node-17") and token == f"mtk_{key_id}_{secret}"
+    assert digest == hashlib.sha256(secret.encode()).hexdigest()
+    on_disk = b"".join(f.read_bytes() for f in tmp_path.iterdir() if f.name.startswith("c.db"))
+    assert secret.encode() not in on_disk  # only the hash is on disk
+    store = SQLiteStore(db)
+    try:
+        assert authenticate(store, f"Bearer {token}").name == "gpu-node-17"
+        assert authenticate(store, f"Bearer {token[:-1]}{'A' if token[-1] != 'A' else 'B'}") is None
+    finally:
+        store.close()
+
+
+def test_token_create_read_and_bad_names(tmp_path):
+    db = str(tmp_path / "c.db")
+    r = meter("collector", "token", "create", "--read", "finance", "--db", db)
+    store = SQLiteStore(db)
+    try:
+        assert authenticate(store, "Bearer " + r.stdout.strip()).scope == "read"
+    finally:
+        store.close()
+    r = meter("collector", "token", "create", " padded ", "--db", db)
+    assert r.exit_code != 0 and "Error:" in r.output
+
+
+def _fill(db):
+    store = SQLiteStore(db)
+    try:
+        events = minutes(3, prompt=1000, completion=500) + [make_event(start=T0 + 180, prompt=0, completion=0)]
+        parsed, _ = check_batch(events)
+        store.ingest(parsed)
+    finally:
+        store.close()
+    return events
+
+
+def test_export_csv_and_json(tmp_path):
+    db = tmp_path / "c.db"
+    events = _fill(db)
+    r = meter("collector", "export", "--db", str(db), "--since", "2026-11-28", "--until", "2026-11-29")
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert [(x["period_start"], x["node"], x["model"]) for x in rows] == [
+        ("2026-11-28T00:00:00Z", "n1", "(idle)"), ("2026-11-28T00:00:00Z", "n1", "llama-3.1-8b")]
+    assert sum(int(x["cost_micro"]) for x in rows) == sum(e["data"]["cost"]["total_micro"] for e in events)
+    busy = rows[1]
+    assert busy["prompt_tokens"] == "3000" and busy["cost_per_mtok_micro"] == str(round(3 * 61_234 * 1e6 / 4500))
+    r = meter("collector", "export", "--db", str(db), "--since", "2026-11-28", "--until", "2026-11-29",
+              "--format", "json", "--period", "month")
+    doc = json.loads(r.stdout)
+    assert doc["period"] == "month" and doc["rows"][0]["period_start"] == "2026-11-01T00:00:00Z"
+    assert doc["totals"][0]["cost_micro"] == 4 * 61_234
+
+
+def test_export_refuses_bad_input(tmp_path):
+    r = meter("collector", "export", "--db", str(tmp_path / "none.db"), "--since", "2026-11-28",
+              "--until", "2026-11-29")
+    assert r.exit_code == 1 and "no collector database" in r.output
+    _fill(tmp_path / "c.db")
+    for since, until in (("soon", "2026-11-29"), ("2026-11-29", "2026-11-28")):
+        r = meter("collector", "export", "--db", str(tmp_path / "c.db"), "--since", since, "--until", until)
+        assert r.exit_code == 1 and "Error:" in r.output
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_serve_is_a_real_process_that_ingests_and_stops_cleanly(tmp_path, sig):
+    db = tmp_path / "c.db"
+    token = meter("collector", "token", "create", "n1", "--db", str(db)).stdout.strip()
+    port = _free_port()
+    with subprocess.Popen([sys.executable, "-m", "agent.cli", "collector", "serve", "--db", str(db),
+                           "--listen", f"127.0.0.1:{port}"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as p:
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as c:
+                deadline = time.monotonic() + 15
+                while True:
+                    try:
+                        if c.get("/healthz").status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    assert time.monotonic() < deadline and p.poll() is None, "serve did not come up"
+                    time.sleep(0.05)
+                r = post_batch(c, minutes(3), token)
+                assert r.json() == {"received": 3, "accepted": 3, "duplicates": 0}
+            p.send_signal(sig)
+            p.wait(timeout=10)
+        finally:
+            p.kill()
+        err = p.stderr.read()
+    assert p.returncode == 0, err
+    store = SQLiteStore(db)
+    try:
+        assert store.counts()["windows"] == 3
+    finally:
+        store.close()
