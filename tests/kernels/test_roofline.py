@@ -1,0 +1,96 @@
+import pytest
+
+from kernels.prices import DEFAULT_PRICES, MONTH_S, Prices
+from kernels.roofline import (
+    BUILTIN_PROFILES, ModelProfile, all_profiles, capacity, cost_per_mtok_micro, cost_rate_micro_per_s,
+    decode_step_s, decode_tokens_per_s, prefill_tokens_per_s, profile_from_dict,
+)
+
+LLAMA8 = BUILTIN_PROFILES["llama-3.1-8b"]
+OSS = BUILTIN_PROFILES["gpt-oss-120b"]
+FLOPS, BW = 1e15, 3e12  # 1 PFLOP/s, 3 TB/s
+
+
+def test_kv_bytes_per_token():
+    # K and V × 32 layers × 8 KV heads × 128 dims × 2 bytes
+    assert LLAMA8.kv_bytes_per_token == 2 * 32 * 8 * 128 * 2 == 131072
+    # gpt-oss-120b: 2 × 36 × 8 × 64 × 2
+    assert OSS.kv_bytes_per_token == 73728
+
+
+def test_prefill_is_compute_bound():
+    # 1e15 / (2 × 8.03e9)
+    assert prefill_tokens_per_s(LLAMA8, FLOPS) == pytest.approx(62266.5, rel=1e-6)
+
+
+def test_decode_step_dense_by_hand():
+    kv_s = 64 * 131072 * 2048 / 3e12  # 0.0057266 s: every sequence's KV cache
+    compute_s = 2 * 64 * 8.03e9 / 1e15  # 0.0010278 s
+    weights_s = 8.03e9 * 2 / 3e12  # 0.0053533 s: all the weights once
+    assert weights_s > compute_s  # memory-bound at batch 64
+    step = decode_step_s(LLAMA8, 64, 2048, FLOPS, BW)
+    assert step == pytest.approx(kv_s + weights_s)
+    assert step == pytest.approx(0.0110800, rel=1e-4)
+    assert decode_tokens_per_s(LLAMA8, 64, 2048, FLOPS, BW) == pytest.approx(64 / 0.0110800, rel=1e-4)
+
+
+def test_decode_compute_bound_at_large_batch_without_context():
+    # batch 4096, no context: compute 2·4096·8.03e9/1e15 = 0.065782 s > weights 0.0053533 s
+    assert decode_step_s(LLAMA8, 4096, 0, FLOPS, BW) == pytest.approx(2 * 4096 * 8.03e9 / 1e15)
+
+
+def test_moe_reads_only_the_active_experts_at_small_batch():
+    # batch 1: min(116.83e9, 1 × 5.13e9) × 0.56 bytes = 2.8728e9 bytes
+    assert OSS.weight_bytes_per_step(1) == pytest.approx(5.13e9 * 0.56)
+    # batch 64: 64 × 5.13e9 = 328e9 > total, so every expert: 116.83e9 × 0.56
+    assert OSS.weight_bytes_per_step(64) == pytest.approx(116.83e9 * 0.56)
+    step = decode_step_s(OSS, 1, 1000, FLOPS, BW)
+    assert step == pytest.approx(73728 * 1000 / 3e12 + 5.13e9 * 0.56 / 3e12)
+
+
+def test_cost_rate_capex_energy_opex_by_hand():
+    # (30,000 − 3,000) USD over 4 × 365.25 days = 27e9 µ$ / 126,230,400 s = 213.8946 µ$/s
+    capital = 27e9 / 126_230_400
+    # 700 W × PUE 1.3 = 910 W = 910/3.6e6 kWh/s × 120,000 µ$/kWh = 30.3333 µ$/s
+    energy = 700 * 1.3 / 3.6e6 * 120_000
+    assert cost_rate_micro_per_s(DEFAULT_PRICES, 700.0) == pytest.approx(capital + energy)
+    assert capital + energy == pytest.approx(244.2280, rel=1e-6)
+    assert cost_rate_micro_per_s(DEFAULT_PRICES, None) == pytest.approx(capital)
+    # rental 2.50 $/h = 694.444 µ$/s replaces the capital; opex 300 $/month
+    rented = Prices(rental_per_hour_micro=2_500_000, opex_per_month_micro=300_000_000)
+    assert cost_rate_micro_per_s(rented, 0.0) == pytest.approx(2_500_000 / 3600 + 300e6 / MONTH_S)
+
+
+def test_cost_per_mtok_is_integer_micro_units():
+    # 244.228 µ$/s over 5,000 tok/s = 0.0488456 µ$/token = 48,845.6 µ$/Mtok → 48,846
+    assert cost_per_mtok_micro(244.228, 5000.0) == 48846
+    assert cost_per_mtok_micro(244.228, 0.0) is None
+
+
+def test_capacity_by_hand():
+    cap = capacity(LLAMA8, FLOPS, BW, DEFAULT_PRICES, 700.0, batch=64, context_tokens=2048)
+    rate = 27e9 / 126_230_400 + 700 * 1.3 / 3.6e6 * 120_000  # 244.228 µ$/s
+    decode = 64 / (64 * 131072 * 2048 / 3e12 + 8.03e9 * 2 / 3e12)  # 5776.1 tok/s
+    prefill = 1e15 / (2 * 8.03e9)  # 62266.5 tok/s
+    assert cap.decode_tokens_per_s == pytest.approx(decode)
+    assert cap.cost_per_mtok_decode_micro == round(rate / decode * 1e6) == 42282  # $0.0423
+    assert cap.cost_per_mtok_prefill_micro == round(rate / prefill * 1e6) == 3922
+    assert isinstance(cap.cost_per_mtok_decode_micro, int) and cap.currency == "USD"
+
+
+def test_user_profiles_from_config():
+    p = profile_from_dict("mine", {"total_params": 1e9, "layers": 16, "kv_heads": 4, "head_dim": 64,
+                                   "bytes_per_param": 1})
+    assert p.active_params == 1e9 and p.compute_dtype == "bf16" and p.layers == 16
+    profiles = all_profiles({"mine": {"total_params": 2e9, "active_params": 1e9, "layers": 2, "kv_heads": 1,
+                                      "head_dim": 8, "bytes_per_param": 2}})
+    assert set(profiles) == set(BUILTIN_PROFILES) | {"mine"}
+    with pytest.raises(ValueError, match="models.x.color"):
+        profile_from_dict("x", {"color": 1})
+    with pytest.raises(ValueError, match="models.x.layers: missing"):
+        profile_from_dict("x", {"total_params": 1e9, "kv_heads": 1, "head_dim": 8, "bytes_per_param": 2})
+    with pytest.raises(ValueError, match="models.x.layers: not a number"):
+        profile_from_dict("x", {"total_params": 1e9, "layers": "many", "kv_heads": 1, "head_dim": 8,
+                                "bytes_per_param": 2})
+    with pytest.raises(ValueError, match="active_params exceeds"):
+        ModelProfile("y", 1e9, 2e9, 1, 1, 1, 2.0)
