@@ -18,6 +18,7 @@ leaving the ``with`` block); handlers that hang or trickle wake up and end when 
 
 from __future__ import annotations
 
+import gzip
 import random
 import threading
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ MODES = {
     "inf": "the first prompt-token counter is +Inf",
     "negative": "the first prompt-token counter is negative",
     "wrong_type": "the first prompt-token counter's value is a word",
+    "gzip": "the page gzip-compressed, though the client asked for identity",
+    "gzip_bomb": "10 MB of gzip-compressed filler (about 10 kB on the wire)",
 }
 
 KINDS = ("vllm", "sglang", "tgi", "llamacpp", "trtllm", "triton", "generic")
@@ -247,6 +250,16 @@ class FakeInferenceServer:
                 n = min(len(block), HUGE_BYTES - sent)
                 h.wfile.write(block[:n])
                 sent += n
+            return
+        if mode in ("gzip", "gzip_bomb"):
+            raw = self.exposition().encode() if mode == "gzip" else b"#" * HUGE_BYTES
+            body = gzip.compress(raw)
+            h.send_response(200)
+            h.send_header("Content-Type", "text/plain; version=0.0.4")
+            h.send_header("Content-Encoding", "gzip")
+            h.send_header("Content-Length", str(len(body)))
+            h.end_headers()
+            h.wfile.write(body)
             return
         if mode == "junk":
             body = random.Random(4).randbytes(4096)

@@ -55,6 +55,24 @@ def test_the_parser_keeps_colons_and_histogram_suffixes_in_sample_names():
     assert s.by_name["vllm:request_prefill_time_seconds_sum"] == [({"model_name": "m"}, 0.75)]
 
 
+def test_a_page_made_by_prometheus_client_counters_as_vllm_makes_it():
+    """Real Counter objects, as vLLM declares them: the page also carries ``_created``
+    samples, which are timestamps, not tokens, and must not be read as counts."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    registry = CollectorRegistry()
+    prompt = Counter("vllm:prompt_tokens", "Number of prefill tokens processed.", ["model_name"], registry=registry)
+    gen = Counter("vllm:generation_tokens", "Number of generation tokens processed.", ["model_name"],
+                  registry=registry)
+    prefill = Histogram("vllm:request_prefill_time_seconds", "Prefill time.", ["model_name"], registry=registry)
+    prompt.labels("m").inc(42)
+    gen.labels("m").inc(8)
+    prefill.labels("m").observe(0.25)
+    text = generate_latest(registry).decode()
+    assert "vllm:prompt_tokens_created" in text
+    assert totals_from_text(text).models == {"m": Counts(42, 8, prefill_s=0.25)}
+
+
 def test_a_counter_without_total_in_the_text_format_is_read():
     text = ('# TYPE vllm:prompt_tokens counter\nvllm:prompt_tokens{model_name="m"} 12\n'
             '# TYPE vllm:generation_tokens counter\nvllm:generation_tokens{model_name="m"} 3\n')

@@ -105,6 +105,7 @@ def test_a_page_without_the_metric_is_a_gap_that_names_it(client):
     ("inf", "bad_counter", "is infinite"),
     ("negative", "bad_counter", "is negative"),
     ("wrong_type", "not_prometheus", "could not convert"),
+    ("gzip_bomb", "unreachable", "decompressed response is over"),
 ])
 def test_a_misbehaving_server_is_a_gap_with_a_clear_reason_and_no_hang(fake, client, mode, cause, words):
     fake.add("llama-3-8b", 10, 1)
@@ -116,6 +117,12 @@ def test_a_misbehaving_server_is_a_gap_with_a_clear_reason_and_no_hang(fake, cli
     assert result.cause == cause and words in result.reason, result.reason
     assert "\n" not in result.reason
     assert took < 2 * FAST_S + 1.0  # the deadline, plus at most one read, plus slack
+
+
+def test_a_compressed_page_is_read_anyway(fake, client):
+    fake.add("llama-3-8b", 10, 1)
+    fake.set_mode("gzip")
+    assert TokenSource(fake.url).scrape(client).models["llama-3-8b"].prompt_tokens == 10
 
 
 def test_nothing_listening_is_a_gap(client):
