@@ -250,18 +250,29 @@ class SQLiteStore(CollectorStore):
 
     def ingest(self, events: Sequence[Parsed]) -> IngestResult:
         now = self._clock()
-        dup = 0
-        windows: list[tuple] = []
-        usage: list[tuple] = []
-        ins = ("INSERT INTO events (source, id, received_at, raw) VALUES (?, ?, ?, ?) "
-               "ON CONFLICT (source, id) DO NOTHING")
         with self._lock, self._write():
+            # Which events are new: first copies inside the batch, minus what the store holds.
+            # Read under the write lock (BEGIN IMMEDIATE), so nothing can slip in between; the
+            # UNIQUE constraint stays the guarantee (plain INSERT: a miss here would fail the
+            # batch, never store an event twice). This keeps the writes to three executemany.
+            first: dict[tuple[str, str], Parsed] = {}
             for p in events:
-                cur = self.conn.execute(ins, (p.source, p.id, now, p.raw))
-                if cur.rowcount == 0:
-                    dup += 1
-                    continue
-                seq = cur.lastrowid
+                first.setdefault((p.source, p.id), p)
+            held: set[tuple[str, str]] = set()
+            by_source: dict[str, list[str]] = {}
+            for source, id_ in first:
+                by_source.setdefault(source, []).append(id_)
+            for source, ids in by_source.items():
+                for chunk in _chunks(ids, 500):
+                    held.update((source, r[0]) for r in self.conn.execute(
+                        f"SELECT id FROM events WHERE source = ? AND id IN ({', '.join('?' * len(chunk))})",
+                        [source, *chunk]))
+            new = [p for key, p in first.items() if key not in held]
+            seq = self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
+            ev_rows, windows, usage = [], [], []
+            for p in new:
+                seq += 1
+                ev_rows.append((seq, p.source, p.id, now, p.raw))
                 w = {**p.window, "seq": seq}
                 windows.append(tuple(w[c] for c in _WINDOW_COLS))
                 for u in p.usage:
@@ -269,12 +280,14 @@ class SQLiteStore(CollectorStore):
                            "start": w["start"], "currency": w["currency"]}
                     usage.append(tuple(row[c] for c in _USAGE_COLS))
             self.conn.executemany(
+                "INSERT INTO events (seq, source, id, received_at, raw) VALUES (?, ?, ?, ?, ?)", ev_rows)
+            self.conn.executemany(
                 f"INSERT INTO windows ({', '.join(_WINDOW_COLS)}) "
                 f"VALUES ({', '.join('?' * len(_WINDOW_COLS))})", windows)
             self.conn.executemany(
                 f"INSERT INTO usage ({', '.join(_USAGE_COLS)}) "
                 f"VALUES ({', '.join('?' * len(_USAGE_COLS))})", usage)
-        return IngestResult(accepted=len(windows), duplicates=dup)
+        return IngestResult(accepted=len(new), duplicates=len(events) - len(new))
 
     # -- tokens -----------------------------------------------------------------------------------
 

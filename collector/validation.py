@@ -65,6 +65,8 @@ def _is_num(v: Any) -> bool:
 def _count(errs: _Errors, obj: dict, key: str, where: str) -> int | None:
     """A non-negative integer that fits SQLite, or None after recording why not."""
     v = obj.get(key)
+    if type(v) is int and 0 <= v <= MAX_INT:  # the common case, checked first
+        return v
     if not _is_int(v):
         errs.add(where + key, "missing" if key not in obj else f"must be an integer, not {_tname(v)}")
         return None
@@ -250,9 +252,9 @@ def check_event(ev: Any, index: int) -> tuple[Parsed | None, list[dict[str, Any]
         "cost_opex_micro": c["opex_micro"], "cost_micro": c["total_micro"],
         "cost_prompt_micro": c["prompt_micro"], "cost_completion_micro": c["completion_micro"],
         "currency": c["currency"], "partial": int(partial), "gap_s": gap,
-        "flags": json.dumps(flags), "config_hash": config_hash, "agent_version": agent_version,
+        "flags": json.dumps(flags) if flags else "[]", "config_hash": config_hash, "agent_version": agent_version,
     }
-    raw = json.dumps(ev, separators=(",", ":"), sort_keys=True)
+    raw = json.dumps(ev, separators=(",", ":"))
     return Parsed(source, eid, raw, window, allocate(window, usage_rows)), []
 
 
