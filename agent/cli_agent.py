@@ -15,7 +15,7 @@ import click
 from agent.ui import console
 from rich.table import Table
 
-from agent.config import EXAMPLE, Config, ConfigError, _window, default_config, load_config, parse_source_flag
+from agent.config import EXAMPLE, Config, ConfigError, _listen, _window, default_config, load_config, parse_source_flag
 from agent.costmodel import cost_per_mtok
 from agent.events import iso
 from agent.store import Store
@@ -49,14 +49,25 @@ def _open_store(path: str | None, config: Config | None = None) -> Store:
 @click.option("--interval", type=click.FloatRange(min=0.05), help="Sampling interval in seconds (overrides the config).")
 @click.option("--window", type=int, help="Window length in seconds; must divide an hour (overrides the config).")
 @click.option("--source", "sources", multiple=True, metavar="KIND=URL", help="A token source mapped to all devices, e.g. vllm=http://127.0.0.1:8000/metrics. Repeatable; replaces the config's sources.")
-def agent_cmd(config_path, duration, db_path, interval, window, sources) -> None:
+@click.option("--metrics", "metrics_listen", metavar="HOST:PORT", help="Serve Prometheus metrics of the agent here (off by default).")
+def agent_cmd(config_path, duration, db_path, interval, window, sources, metrics_listen) -> None:
     """Meter this node: every interval read the devices and token sources, every window commit
-    energy, tokens and cost to the SQLite store. Runs in the foreground (as systemd runs it)."""
+    energy, tokens and cost to the SQLite store. Runs in the foreground (as systemd runs it).
+
+    SIGTERM or Ctrl-C closes the open windows as partial, commits them and exits 0. SIGHUP
+    reloads --config: a valid config takes effect at the next window, an invalid one is refused
+    with the reason logged and the running one kept.
+    """
     from agent.daemon import Agent
+    from agent.metrics import AgentState, MetricsServer
+    from agent.systemd import Notifier
     from probes.devices import get_devices
 
-    config = _load(config_path)
-    try:
+    root = logging.getLogger()
+    root.setLevel(min(root.level, logging.INFO))
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per scrape is not an event
+
+    def effective(config: Config) -> Config:
         overrides: dict = {}
         if db_path:
             overrides["store"] = db_path
@@ -66,31 +77,58 @@ def agent_cmd(config_path, duration, db_path, interval, window, sources) -> None
             overrides["window_s"] = _window("--window", window)
         if sources:
             overrides["sources"] = tuple(parse_source_flag(s) for s in sources)
+        if metrics_listen:
+            overrides["metrics_listen"] = _listen("--metrics", metrics_listen)
         config = dataclasses.replace(config, **overrides)
         if config.interval_s > config.window_s:
             raise ConfigError(f"--interval: must not exceed the window ({config.window_s} s)")
+        return config
+
+    try:
+        config = effective(_load(config_path))
     except ConfigError as e:
         raise click.ClickException(str(e)) from None
+
+    def reload_config() -> Config:
+        if not config_path:
+            raise ConfigError("no --config file to reload")
+        return effective(load_config(config_path))
 
     store = _open_store(None, config)
     node = get_devices()
     stop = threading.Event()
+    state = AgentState(currency=config.prices.currency, store_path=str(store.path))
+    metrics = None
+    agent = None
 
     def on_signal(signum, frame):
-        log.info("%s: closing the open windows and stopping", signal.Signals(signum).name)
+        if signum == signal.SIGHUP:
+            if agent is not None:
+                agent.request_reload()
+            return
         stop.set()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
-        agent = Agent(config, store, node)
+        if config.metrics_listen:
+            try:
+                metrics = MetricsServer(state, config.metrics_listen)
+            except OSError as e:
+                raise click.ClickException(f"--metrics {config.metrics_listen}: cannot listen: {e.strerror}") from None
+            log.info("Prometheus metrics on http://%s/metrics", config.metrics_listen)
+        agent = Agent(config, store, node, notifier=Notifier(), state=state, reload_config=reload_config)
         log.info("metering %d device(s) into %s every %g s, windows of %d s",
                  len(node.devices), store.path, config.interval_s, config.window_s)
         summary = agent.run(duration_s=duration, stop=stop)
+        if stop.is_set():
+            log.info("stopped by signal: open windows closed as partial and committed")
     except MeterError as e:
         raise click.ClickException(str(e)) from None
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        if metrics is not None:
+            metrics.close()
         node.close()
         store.close()
     click.echo(f"metered {summary.rounds} rounds; committed {summary.windows} windows "

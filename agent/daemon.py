@@ -13,6 +13,7 @@ written twice; the time it was down shows as missing windows, and the first new 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -20,11 +21,13 @@ from typing import Any, Callable, Protocol
 
 import httpx
 
-from agent.config import Config, SourceConfig
+from agent.config import Config, ConfigError, SourceConfig
 from agent.costmodel import DeviceShare
 from agent.ledger import price_window
+from agent.metrics import AgentState
 from agent.sampler import Clocks, ConcurrentReader, ProbeHealth, Schedule, ticks
 from agent.store import Store
+from agent.systemd import Notifier
 from agent.windows import Usage, Window, WindowBuilder, split_evenly
 from probes.counters import CounterTracker, Gap, Totals
 from probes.device import Device
@@ -36,6 +39,10 @@ from probes.tokens import TokenSource
 log = logging.getLogger(__name__)
 
 SAMPLES_PRUNE_EVERY_S = 3600.0
+SAMPLES_FLUSH_EVERY_S = 10.0  # raw samples are not billed: batch them to spare fsyncs
+# Changing these needs a restart; a reload keeps the running values and says so.
+RESTART_KEYS = ("node", "store", "interval_s", "window_s", "push_listen", "metrics_listen",
+                "ship_url", "ship_token_file", "ship_allow_insecure")
 
 
 class PushUsage(Protocol):
@@ -96,12 +103,21 @@ def spread(usage: dict[tuple[str, str], Usage], k: int) -> list[dict[tuple[str, 
 
 class Agent:
     def __init__(self, config: Config, store: Store, node: Node, clocks: Clocks = Clocks(),
-                 push: PushUsage | None = None, http: httpx.Client | None = None) -> None:
+                 push: PushUsage | None = None, http: httpx.Client | None = None,
+                 notifier: Notifier | None = None, state: AgentState | None = None,
+                 reload_config: Callable[[], Config] | None = None) -> None:
         self.config = config
         self.store = store
         self.node = node
         self.clocks = clocks
         self.push = push
+        self.notifier = notifier or Notifier(env={})
+        self.state = state or AgentState(currency=config.prices.currency, store_path=str(store.path))
+        self.reload_config = reload_config
+        self._reload_requested = threading.Event()
+        self._pending: Config | None = None
+        self._sample_rows: list[dict[str, Any]] = []
+        self._next_flush = clocks.mono() + SAMPLES_FLUSH_EVERY_S
         self.health = ProbeHealth()
         self.reader = ConcurrentReader(max_workers=min(32, 4 + len(node.devices) + len(config.sources)))
         self._own_http = http is None
@@ -110,21 +126,56 @@ class Agent:
         self.devices = {d.id: d for d in node.devices}
         n_gpus = sum(1 for d in node.devices if d.kind == "gpu")
         self.shares = {d.id: DeviceShare.for_node(d.kind == "gpu", n_gpus) for d in node.devices}
-        self.sources = []
-        for s in config.sources:
-            if s.kind == "push":
-                continue
-            targets = resolve_devices(s.devices, node.devices)
-            if not targets:
-                log.warning("token source %s maps to no device on this node (devices = %s)", s.name, list(s.devices))
-            self.sources.append((token_source(s, config.interval_s), targets))
-        push_cfg = [s for s in config.sources if s.kind == "push"]
-        self.push_targets = resolve_devices(push_cfg[0].devices if push_cfg else ("all",), node.devices)
+        self._set_sources(config)
         self.max_gap_s = max(3 * config.interval_s, config.interval_s + 2.0)
         self.builders: dict[str, WindowBuilder] = {}
         self.config_hash = config.hash()
         self.summary = RunSummary()
         self.on_round: list[Callable[[RunSummary], None]] = []
+
+    def _set_sources(self, config: Config) -> None:
+        self.sources = []
+        for s in config.sources:
+            if s.kind == "push":
+                continue
+            targets = resolve_devices(s.devices, self.node.devices)
+            if not targets:
+                log.warning("token source %s maps to no device on this node (devices = %s)", s.name, list(s.devices))
+            self.sources.append((token_source(s, config.interval_s), targets))
+        push_cfg = [s for s in config.sources if s.kind == "push"]
+        self.push_targets = resolve_devices(push_cfg[0].devices if push_cfg else ("all",), self.node.devices)
+
+    # -- reload (SIGHUP) ------------------------------------------------------------------------
+
+    def request_reload(self) -> None:
+        """Safe from a signal handler: the reload itself happens on the agent's thread."""
+        self._reload_requested.set()
+
+    def _maybe_reload(self) -> None:
+        if not self._reload_requested.is_set() or self.reload_config is None:
+            return
+        self._reload_requested.clear()
+        try:
+            new = self.reload_config()
+        except ConfigError as e:
+            log.error("config reload refused, keeping the running config: %s", e)
+            return
+        kept = {k: getattr(self.config, k) for k in RESTART_KEYS if getattr(new, k) != getattr(self.config, k)}
+        if kept:
+            log.warning("config reload: %s changed; these take effect after a restart", ", ".join(sorted(kept)))
+            new = dataclasses.replace(new, **kept)
+        self._pending = new
+        log.info("config reloaded (%s): takes effect at the next window", new.hash())
+
+    def _apply_pending(self) -> None:
+        """Called right after windows closed: the new windows are the first under the new config."""
+        if self._pending is None:
+            return
+        self.config, self._pending = self._pending, None
+        self.config_hash = self.config.hash()
+        self.state.currency = self.config.prices.currency
+        self._set_sources(self.config)
+        log.info("config %s in effect", self.config_hash)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -148,7 +199,11 @@ class Agent:
 
         try:
             for tick in ticks(schedule, should_stop):
+                self._maybe_reload()
                 self.round(tick)
+                if self.summary.rounds == 1:
+                    self.notifier.notify_ready(f"metering {len(self.devices)} device(s)")
+                self.notifier.maybe_ping()
                 if self.clocks.mono() >= next_prune:
                     self._prune(tick.wall)
                     next_prune = self.clocks.mono() + SAMPLES_PRUNE_EVERY_S
@@ -162,6 +217,7 @@ class Agent:
         return self.summary
 
     def shutdown(self) -> None:
+        self.notifier.stopping()
         at = self.clocks.wall()
         rows = []
         for dev_id, b in self.builders.items():
@@ -169,6 +225,7 @@ class Agent:
         self.builders.clear()
         if rows:
             self._commit(rows)
+        self._flush_samples()
         self.reader.close()
         if self._own_http:
             self.http.close()
@@ -181,7 +238,8 @@ class Agent:
     # -- one round ------------------------------------------------------------------------------
 
     def round(self, tick) -> None:
-        probes: dict[str, Callable[[], Any]] = {f"device:{d}": dev.sample for d, dev in self.devices.items()}
+        probes: dict[str, Callable[[], Any]] = {
+            f"device:{d}": (lambda dev=dev: dev.sample(detail=False)) for d, dev in self.devices.items()}
         for src, _ in self.sources:
             probes[f"tokens:{src.key}"] = (lambda s=src: s.scrape(self.http))
         timeout = max(0.05, 0.8 * self.config.interval_s)
@@ -222,17 +280,28 @@ class Agent:
                 sample_rows.append(_sample_row(sample))
             closed += self.builders[dev_id].add_sample(tick, sample)
 
+        self._sample_rows += sample_rows
         if closed:
             self._commit([self._price(w) for w in closed])
-        self.store.insert_samples(sample_rows)
+            self._apply_pending()
+        if self.clocks.mono() >= self._next_flush:
+            self._flush_samples()
         self.summary.rounds += 1
         self.summary.last_sample_wall = tick.wall
+        self.state.last_sample_wall = tick.wall
+        self.state.gaps = dict(self.summary.gaps)
         for cb in self.on_round:
             cb(self.summary)
 
     def _commit(self, rows) -> None:
         self.summary.windows += self.store.commit_windows(rows)
         self.summary.partial_windows += sum(1 for w, _ in rows if w["partial"])
+        self.state.add_windows([w for w, _ in rows])
+
+    def _flush_samples(self) -> None:
+        rows, self._sample_rows = self._sample_rows, []
+        self.store.insert_samples(rows)
+        self._next_flush = self.clocks.mono() + SAMPLES_FLUSH_EVERY_S
 
     def _give_usage(self, at: float, usage: dict[tuple[str, str], Usage], targets: list[str]) -> None:
         if not usage or not targets:

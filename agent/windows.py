@@ -147,7 +147,11 @@ class WindowBuilder:
         """One sampling round; ``sample`` None (or not ok) means no reading this round."""
         closed: list[Window] = []
         prev = self._prev
-        t = max(tick.wall, self._t)
+        ok = sample is not None and sample.state == "ok"
+        # The reading's own time, not the round's: a probe answering late must not stretch or
+        # squeeze the interval its counter delta covers.
+        read_at = sample.at if ok and sample.at else tick.wall
+        t = max(read_at, self._t)
         trusted = True
         if prev is not None:
             d_wall, d_mono = tick.wall - prev.tick.wall, tick.mono - prev.tick.mono
@@ -157,7 +161,6 @@ class WindowBuilder:
             if (tick.boot - prev.tick.boot) - d_mono > CLOCK_STEP_TOLERANCE_S:
                 self.current.flag("suspend")
                 trusted = False
-        ok = sample is not None and sample.state == "ok"
         point = _Point(t, tick, sample.power_w, sample.energy_j, sample.util_pct) if ok else None
         if prev is not None and point is not None and trusted and 0 < t - prev.t <= self.max_gap_s:
             closed += self._integrate(prev, point)

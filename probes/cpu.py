@@ -76,7 +76,7 @@ class CpuDevice(Device):
     def identity(self) -> dict:
         return {"id": self.id, "kind": self.kind, "name": self.name, "logical_cpus": self.logical_cpus}
 
-    def sample(self) -> DeviceSample:
+    def sample(self, detail: bool = True) -> DeviceSample:
         wait = MIN_UTIL_INTERVAL_S - (self._monotonic() - self._prev_mono)
         if wait > 0:
             self._sleep(wait)

@@ -20,9 +20,10 @@ class Device(ABC):
     name: str
 
     @abstractmethod
-    def sample(self) -> DeviceSample:
+    def sample(self, detail: bool = True) -> DeviceSample:
         """Read the device now. Never raises for a device that is lost or unsupported:
-        the sample says so in ``state`` and ``reason``."""
+        the sample says so in ``state`` and ``reason``. ``detail=False`` reads only what
+        metering needs (power, energy, utilization, memory): the agent's 1 Hz path."""
 
     def identity(self) -> dict:
         """Static facts that identify the device (for the store and the wire)."""

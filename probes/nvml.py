@@ -207,12 +207,12 @@ class NvidiaGpu(Device):
             {"pid": int(p.pid), "used_memory_bytes": _opt_int(p.usedGpuMemory)} for p in procs
         ]
 
-    def sample(self) -> DeviceSample:
+    def sample(self, detail: bool = True) -> DeviceSample:
         at = self._clock()
         if self.lost_reason is not None:
             return self._lost_sample(at)
         try:
-            return self._sample(at)
+            return self._sample(at, detail)
         except GpuLost as e:
             self.lost_reason = str(e)
             log.warning("GPU %s (%s) is lost: %s", self.index, self.id, e)
@@ -224,16 +224,32 @@ class NvidiaGpu(Device):
             reason=self.lost_reason, extra={"index": self.index, "pci_bus_id": self.pci_bus_id},
         )
 
-    def _sample(self, at: float) -> DeviceSample:
+    def _sample(self, at: float, detail: bool) -> DeviceSample:
         h = self._handle
         util = nvml_query("nvmlDeviceGetUtilizationRates", h)
         mem = nvml_query("nvmlDeviceGetMemoryInfo", h)
+        power = self.power_w(at)
+        extra = self._details(at, util) if detail else {"index": self.index}
+        supported = power is not None or util is not None or mem is not None
+        return DeviceSample(
+            id=self.id, kind="gpu", name=self.name, at=at,
+            state="ok" if supported else "unsupported",
+            reason=None if supported else "NVML reports neither power, utilization nor memory",
+            power_w=power,
+            energy_j=self.energy_j(at),
+            util_pct=Reading(float(util.gpu), "average", at) if util is not None else None,
+            mem_used_bytes=int(mem.used) if mem is not None else None,
+            mem_total_bytes=int(mem.total) if mem is not None else None,
+            extra=extra,
+        )
+
+    def _details(self, at: float, util: Any) -> dict[str, Any]:
+        h = self._handle
         limit_mw = nvml_query("nvmlDeviceGetEnforcedPowerLimit", h)
         throttle = nvml_query(
             ("nvmlDeviceGetCurrentClocksEventReasons", "nvmlDeviceGetCurrentClocksThrottleReasons"), h
         )
-        power = self.power_w(at)
-        extra = {
+        return {
             "index": self.index,
             "uuid": self.uuid,
             "pci_bus_id": self.pci_bus_id,
@@ -247,18 +263,6 @@ class NvidiaGpu(Device):
             "mig": self.mig_instances(),
             "processes": self.processes(),
         }
-        supported = power is not None or util is not None or mem is not None
-        return DeviceSample(
-            id=self.id, kind="gpu", name=self.name, at=at,
-            state="ok" if supported else "unsupported",
-            reason=None if supported else "NVML reports neither power, utilization nor memory",
-            power_w=power,
-            energy_j=self.energy_j(at),
-            util_pct=Reading(float(util.gpu), "average", at) if util is not None else None,
-            mem_used_bytes=int(mem.used) if mem is not None else None,
-            mem_total_bytes=int(mem.total) if mem is not None else None,
-            extra=extra,
-        )
 
 
 def _value(reading: Reading | None) -> float | None:
@@ -310,7 +314,7 @@ class _LostAtStart(Device):
         self.id = f"gpu{index}"
         self.name = "NVIDIA GPU (lost)"
 
-    def sample(self) -> DeviceSample:
+    def sample(self, detail: bool = True) -> DeviceSample:
         return DeviceSample(id=self.id, kind="gpu", name=self.name, at=self._clock(),
                             state="lost", reason=self.reason, extra={"index": self.index})
 

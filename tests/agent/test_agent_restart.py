@@ -29,7 +29,7 @@ def windows(db):
         c.close()
 
 
-def wait_for_windows(db, n, timeout_s=20.0):
+def wait_for_windows(db, n, timeout_s=60.0):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if db.exists():
