@@ -1,0 +1,69 @@
+"""The collector's SQLite store: pragmas, migrations, the permanent unique constraint, and
+concurrent senders of the same events."""
+
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from collector.store import MIGRATIONS, CollectorStore, SQLiteStore
+from collector.validation import check_batch
+from tests.collector.conftest import minutes, post_batch
+
+
+def test_store_is_wal_full_migrated_and_implements_the_interface(tmp_path):
+    s = SQLiteStore(tmp_path / "c.db")
+    try:
+        assert isinstance(s, CollectorStore)
+        assert s.schema_version() == len(MIGRATIONS)
+        assert s.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert s.conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert s.conn.execute("PRAGMA busy_timeout").fetchone()[0] > 0
+    finally:
+        s.close()
+    s = SQLiteStore(tmp_path / "c.db")  # reopening does not migrate again
+    assert s.schema_version() == len(MIGRATIONS)
+    s.close()
+
+
+def test_a_newer_schema_is_refused(tmp_path):
+    p = tmp_path / "c.db"
+    SQLiteStore(p).close()
+    c = sqlite3.connect(p)
+    c.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
+    c.close()
+    with pytest.raises(RuntimeError, match="newer than this collector knows"):
+        SQLiteStore(p)
+
+
+def test_the_database_itself_refuses_a_second_copy_of_an_event(store):
+    parsed, _ = check_batch(minutes(1))
+    store.ingest(parsed)
+    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
+        store.conn.execute("INSERT INTO events (source, id, received_at, raw) VALUES (?, ?, 0, '{}')",
+                           (parsed[0].source, parsed[0].id))
+    assert store.counts()["events"] == 1
+
+
+def test_a_failed_batch_rolls_back_whole(store):
+    parsed, _ = check_batch(minutes(3))
+    parsed[2].window["currency"] = None  # NOT NULL in the windows table: the third insert fails
+    with pytest.raises(sqlite3.IntegrityError):
+        store.ingest(parsed)
+    assert store.counts() == {"events": 0, "windows": 0, "usage": 0, "tokens": 0}
+
+
+def test_concurrent_senders_of_the_same_batch_store_it_once(live, store, token_n1):
+    events = minutes(300)
+
+    def send(_):
+        with httpx.Client(base_url=live.url, timeout=30) as c:
+            return post_batch(c, events, token_n1).json()
+
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(send, range(4)))
+    assert sum(r["accepted"] for r in replies) == 300
+    assert sum(r["duplicates"] for r in replies) == 3 * 300
+    c = store.counts()
+    assert c["events"] == c["windows"] == c["usage"] == 300
