@@ -72,6 +72,8 @@ def _print_status(node_name, node, as_json: bool) -> None:
 
 
 # Commands that live in their own modules register here, one line each.
+from reports.cli import report  # noqa: E402
+main.add_command(report)
 from agent.cli_bench import bench  # noqa: E402
 main.add_command(bench)
 from agent.cli_probe import probe  # noqa: E402

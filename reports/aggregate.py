@@ -1,0 +1,310 @@
+"""Report aggregation (pure: cells in, report rows and totals out; no clock, no file, no network).
+
+A query (reports/query.py) hands over *cells*: sums at the finest grain it read (node, device,
+model, tenant, and a time bucket when the report is by time), in two kinds:
+
+- ``whole`` cells: a device's whole windows, idle ones included (the store's rollup rows with
+  model '' and tenant '', or raw windows);
+- ``usage`` cells: one model's and tenant's share of those windows (their parts add up to the
+  whole of every window that served tokens).
+
+A report grouped by model or tenant (or filtered by one) is made of usage cells, plus one
+``(idle)`` row per group for what no model took (the whole minus the usage), so that idle cost is
+shown, never hidden, and the totals stay the whole fleet's. Any other report is made of whole
+cells.
+
+Exactness: money is summed as integer micro-units, tokens as integers; every ratio is a ratio of
+sums (never a mean of ratios); the totals are sums of the rows' sums, so a report's totals equal
+the sum of its rows.
+
+Capacity: for a (device, model) the bench's roofline predicts prefill and decode tokens/s at full
+use (kernels/suite.py). What the realized tokens of a row would have cost at that ceiling is the
+device's own cost rate, read from its windows (capex + opex per second, and the energy price per
+joule its windows paid, PUE and tariff included) at the bench's full-use watts, times the
+seconds the ceiling needs: prompt / prefill tokens/s + completion / decode tokens/s.
+``realized_over_capacity`` = realized cost per Mtok / capacity cost per Mtok: the fleet's
+*efficiency* as DESIGN.md defines it (1.0 means at the ceiling; 4.0 means paying four times the
+ceiling's price per token). Lower is better.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterable, Mapping, Sequence
+
+GROUP_KEYS = ("node", "device", "model", "tenant", "hour", "day", "week")
+TIME_KEYS = {"hour": 3600, "day": 86400, "week": 7 * 86400}
+DEFAULT_BY = ("model", "device")
+IDLE = "(idle)"
+J_PER_KWH = 3.6e6
+#: Monday 1970-01-05T00:00:00Z: weeks start on Mondays, 00:00 UTC (ISO weeks).
+WEEK_EPOCH = 4 * 86400
+
+#: Integer sums (exact) and float sums of a cell. None in a cell means "unknown" (a collector
+#: does not split a model's cost into capex/energy/opex), and makes the row's sum unknown.
+INT_SUMS = ("prompt_tokens", "completion_tokens", "cost_capex_micro", "cost_energy_micro",
+            "cost_opex_micro", "cost_micro", "cost_prompt_micro", "cost_completion_micro",
+            "idle_cost_micro")
+FLOAT_SUMS = ("seconds", "energy_j", "util_pct_s", "capacity_cost_micro", "capacity_tokens")
+SUMS = INT_SUMS + FLOAT_SUMS
+
+
+class ReportError(ValueError):
+    """A report that cannot be made as asked (a bad --by, several currencies)."""
+
+
+def parse_by(values: Iterable[str]) -> list[str]:
+    """``--by`` values (repeatable, comma-separated) to a list of distinct keys, in order."""
+    out: list[str] = []
+    for v in values:
+        for k in (p.strip().lower() for p in v.split(",")):
+            if not k:
+                continue
+            if k not in GROUP_KEYS:
+                raise ReportError(f"--by {k}: choose from {', '.join(GROUP_KEYS)}")
+            if k not in out:
+                out.append(k)
+    return out or list(DEFAULT_BY)
+
+
+def bucket(t: float, key: str) -> float:
+    """The start (Unix seconds, UTC) of the hour, day or week that holds ``t``."""
+    size = TIME_KEYS[key]
+    offset = WEEK_EPOCH if key == "week" else 0
+    return t - ((t - offset) % size)
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def per_model(by: Sequence[str], model: str | None = None, tenant: str | None = None) -> bool:
+    """Whether a report is made of usage cells (by or for a model or tenant)."""
+    return "model" in by or "tenant" in by or model is not None or tenant is not None
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    """What the bench's roofline predicts for one model on one device at full use."""
+
+    prefill_tokens_per_s: float
+    decode_tokens_per_s: float
+    watts: float | None
+
+
+@dataclass
+class Cells:
+    """What a query read. ``idle_in_usage``: the usage cells already hold the unattributed rest as
+    model ``(idle)`` (a collector does that), so no residual is computed from the whole cells."""
+
+    whole: list[dict[str, Any]] = field(default_factory=list)
+    usage: list[dict[str, Any]] = field(default_factory=list)
+    currency: str | None = None
+    ceilings: dict[str, dict[str, Ceiling]] = field(default_factory=dict)
+    idle_in_usage: bool = False
+    #: The bench's capacity rows (kernels.suite.capacity_rows), for the HTML roofline.
+    capacity: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    by: list[str]
+    rows: list[dict[str, Any]]
+    totals: dict[str, Any]
+    currency: str | None
+    per_model: bool
+
+
+# -- sums -----------------------------------------------------------------------------------------
+
+
+def _zero() -> dict[str, Any]:
+    return {k: (0 if k in INT_SUMS else 0.0) for k in SUMS}
+
+
+def _add(acc: dict[str, Any], cell: Mapping[str, Any], sign: int = 1) -> None:
+    for k in SUMS:
+        if acc[k] is None:
+            continue
+        v = cell.get(k, 0)
+        if v is None:
+            acc[k] = None
+        else:
+            acc[k] += sign * v
+
+
+def _key(cell: Mapping[str, Any], by: Sequence[str]) -> tuple:
+    out = []
+    for k in by:
+        if k in TIME_KEYS:
+            t = cell.get("t")
+            if t is None:
+                raise ReportError(f"the query did not read time buckets for --by {k}")
+            out.append(bucket(t, k))
+        else:
+            v = cell.get(k)
+            out.append(IDLE if v is None and k in ("model", "tenant") else (v if v is not None else ""))
+    return tuple(out)
+
+
+def match_profile(model: str, profiles: Iterable[str]) -> str | None:
+    """The roofline profile a served model name stands for: the exact name, else the longest
+    profile name inside the served name's last path part (``meta-llama/Llama-3.1-8B-Instruct``
+    is ``llama-3.1-8b``)."""
+    names = list(profiles)
+    if model in names:
+        return model
+    base = model.rsplit("/", 1)[-1].lower()
+    hits = [n for n in names if n.lower() in base]
+    return max(hits, key=len) if hits else None
+
+
+def device_rates(whole: Iterable[Mapping[str, Any]]) -> dict[str, tuple[float, float | None]]:
+    """Per device: (capex + opex micro-units per second, energy micro-units per joule or None),
+    read from its whole windows over the report's range."""
+    acc: dict[str, list[float]] = {}
+    for c in whole:
+        a = acc.setdefault(c["device"], [0.0, 0.0, 0.0, 0.0])
+        fixed = (c.get("cost_capex_micro") or 0) + (c.get("cost_opex_micro") or 0)
+        a[0] += fixed
+        a[1] += c.get("seconds") or 0.0
+        a[2] += c.get("cost_energy_micro") or 0
+        a[3] += c.get("energy_j") or 0.0
+    return {d: (a[0] / a[1] if a[1] else 0.0, a[2] / a[3] if a[3] else None) for d, a in acc.items()}
+
+
+def _with_capacity(usage: list[dict[str, Any]], ceilings: Mapping[str, Mapping[str, Ceiling]],
+                   rates: Mapping[str, tuple[float, float | None]]) -> list[dict[str, Any]]:
+    """Usage cells with what their tokens would have cost at the device's ceiling."""
+    out = []
+    for c in usage:
+        c = dict(c)
+        c["capacity_cost_micro"] = 0.0
+        c["capacity_tokens"] = 0.0
+        dev = ceilings.get(c.get("device") or "")
+        name = match_profile(c["model"], dev) if dev and c.get("model") and c["model"] != IDLE else None
+        rate = rates.get(c.get("device") or "")
+        if name is not None and rate is not None:
+            ceil = dev[name]
+            fixed, per_j = rate
+            if ceil.watts is None or per_j is not None:
+                r = fixed + (ceil.watts or 0.0) * (per_j or 0.0)
+                p, q = c.get("prompt_tokens") or 0, c.get("completion_tokens") or 0
+                full_s = (p / ceil.prefill_tokens_per_s if p else 0.0) + (
+                    q / ceil.decode_tokens_per_s if q else 0.0)
+                c["capacity_cost_micro"] = r * full_s
+                c["capacity_tokens"] = float(p + q)
+        out.append(c)
+    return out
+
+
+# -- figures --------------------------------------------------------------------------------------
+
+
+def _ratio(a: float | int | None, b: float | int | None) -> float | None:
+    if a is None or not b:
+        return None
+    return a / b
+
+
+def figures(s: Mapping[str, Any]) -> dict[str, Any]:
+    """The report's figures from one set of sums. Cost per Mtok is in currency units
+    (micro-units per token × 1e6 / 1e6 = micro-units / tokens)."""
+    tokens = s["prompt_tokens"] + s["completion_tokens"]
+    energy = s["energy_j"]
+    realized = _ratio(s["cost_micro"], tokens)
+    covered = tokens > 0 and s["capacity_tokens"] is not None and abs(s["capacity_tokens"] - tokens) < 0.5
+    capacity = _ratio(s["capacity_cost_micro"], tokens) if covered else None
+    seconds = s["seconds"]
+    return {
+        "prompt_tokens": s["prompt_tokens"],
+        "completion_tokens": s["completion_tokens"],
+        "tokens": tokens,
+        "seconds": seconds,
+        "energy_j": energy,
+        "energy_kwh": None if energy is None else energy / J_PER_KWH,
+        "cost_capex_micro": s["cost_capex_micro"],
+        "cost_energy_micro": s["cost_energy_micro"],
+        "cost_opex_micro": s["cost_opex_micro"],
+        "cost_micro": s["cost_micro"],
+        "cost_prompt_micro": s["cost_prompt_micro"],
+        "cost_completion_micro": s["cost_completion_micro"],
+        "idle_cost_micro": s["idle_cost_micro"],
+        "cost_per_mtok": realized,
+        "cost_per_mtok_prompt": _ratio(s["cost_prompt_micro"], s["prompt_tokens"]),
+        "cost_per_mtok_completion": _ratio(s["cost_completion_micro"], s["completion_tokens"]),
+        "j_per_token": _ratio(energy, tokens),
+        "tokens_per_s": _ratio(tokens, seconds),
+        "avg_power_w": _ratio(energy, seconds),
+        "util_pct": _ratio(s["util_pct_s"], seconds),
+        "idle_cost_share": _ratio(s["idle_cost_micro"], s["cost_micro"]),
+        "capacity_cost_per_mtok": capacity,
+        "realized_over_capacity": _ratio(realized, capacity) if capacity else None,
+    }
+
+
+# -- the report -----------------------------------------------------------------------------------
+
+
+def aggregate(cells: Cells, by: Sequence[str], *, model: str | None = None,
+              tenant: str | None = None) -> Report:
+    """Group ``cells`` by ``by``: one row per distinct key, sorted by key; totals from the same
+    sums as the rows."""
+    by = list(by)
+    pm = per_model(by, model, tenant)
+    rates = device_rates(cells.whole)
+    usage = _with_capacity(cells.usage, cells.ceilings, rates)
+    groups: dict[tuple, dict[str, Any]] = {}
+
+    def into(key: tuple, cell: Mapping[str, Any], sign: int = 1) -> None:
+        _add(groups.setdefault(key, _zero()), cell, sign)
+
+    if pm:
+        for c in usage:
+            into(_key(c, by), c)
+        if not cells.idle_in_usage and model is None and tenant is None:
+            idle_by = [k if k not in ("model", "tenant") else None for k in by]
+            rest: dict[tuple, dict[str, Any]] = {}
+            for c, sign in [(c, 1) for c in cells.whole] + [(c, -1) for c in usage]:
+                key = tuple(IDLE if k is None else v for k, v in zip(idle_by, _key(c, by)))
+                _add(rest.setdefault(key, _zero()), c, sign)
+            for key, s in rest.items():
+                # Usage energy is the window's energy shared by cost (floats): a rest under a
+                # millijoule is rounding, not an idle device.
+                if s["cost_micro"] or abs(s["energy_j"] or 0.0) > 1e-3:
+                    # Seconds and utilization of the idle rest are not known from sums: usage
+                    # cells repeat a window's seconds for each model that ran in it.
+                    s.update(seconds=0.0, util_pct_s=0.0, capacity_cost_micro=0.0,
+                             capacity_tokens=0.0, idle_cost_micro=s["cost_micro"])
+                    into(key, s)
+    else:
+        cap_by_key: dict[tuple, list[float]] = {}
+        for c in usage:
+            a = cap_by_key.setdefault(_key(c, by), [0.0, 0.0])
+            a[0] += c["capacity_cost_micro"]
+            a[1] += c["capacity_tokens"]
+        for c in cells.whole:
+            into(_key(c, by), {**c, "capacity_cost_micro": 0.0, "capacity_tokens": 0.0})
+        for key, (cost, toks) in cap_by_key.items():
+            if key in groups:
+                groups[key]["capacity_cost_micro"] += cost
+                groups[key]["capacity_tokens"] += toks
+
+    rows = []
+    total = _zero()
+    for key in sorted(groups, key=_sort_key):
+        s = groups[key]
+        _add(total, s)
+        row: dict[str, Any] = {}
+        for k, v in zip(by, key):
+            row[k] = iso(v) if k in TIME_KEYS else v
+        row.update(figures(s))
+        rows.append(row)
+    return Report(by=by, rows=rows, totals=figures(total), currency=cells.currency, per_model=pm)
+
+
+def _sort_key(key: tuple) -> tuple:
+    # The idle rest sorts after the models; numbers (time buckets) before strings never mix
+    # within one position, so plain tuples compare.
+    return tuple((1, "") if v == IDLE else (0, v) for v in key)

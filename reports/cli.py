@@ -1,0 +1,144 @@
+"""``meter report``: a few lines over reports.query (I/O), reports.aggregate (pure) and the
+renderers. Registered by agent/cli.py; it does not import agent.cli, so the two do not import
+each other."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import click
+
+from agent.timeparse import TimeParseError, parse_when
+from reports.aggregate import GROUP_KEYS, Cells, Report, ReportError, aggregate, iso, parse_by
+from reports.query import Filters, QueryError, read_collector, read_store
+
+FORMATS = ("table", "json", "csv", "html")
+
+
+def _reader(db: str | None, collector: str | None, token_file: str | None) -> Callable[[Sequence[str], Filters], Cells]:
+    """A function (by, filters) -> cells over the store or the collector."""
+    if collector:
+        if db:
+            raise click.ClickException("--db and --collector exclude each other: report one source")
+        if not token_file:
+            raise click.ClickException("--collector needs --token-file FILE (a token from "
+                                       "`meter collector token create --read NAME`)")
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as e:
+            raise click.ClickException(f"cannot read the token file {token_file}: {e.strerror or e}") from None
+        if not token:
+            raise click.ClickException(f"the token file {token_file} is empty")
+        return lambda by, f: read_collector(collector, token, by, f)
+    if token_file:
+        raise click.ClickException("--token-file goes with --collector URL")
+    if db and not Path(db).exists():
+        raise click.ClickException(f"{db}: no such store")
+
+    def read(by: Sequence[str], f: Filters) -> Cells:
+        from agent.store import Store
+
+        try:
+            store = Store(db)
+        except (OSError, RuntimeError, sqlite3.Error) as e:
+            raise click.ClickException(f"cannot open the store {db or 'at the default path'}: {e}") from None
+        try:
+            return read_store(store, by, f)
+        finally:
+            store.close()
+
+    return read
+
+
+def _report(read: Callable[[Sequence[str], Filters], Cells], by: Sequence[str], f: Filters) -> tuple[Report, Cells]:
+    try:
+        cells = read(by, f)
+        return aggregate(cells, by, model=f.model, tenant=f.tenant), cells
+    except (QueryError, ReportError) as e:
+        raise click.ClickException(str(e)) from None
+
+
+@click.command("report")
+@click.option("--db", type=click.Path(dir_okay=False), help="The SQLite store (default: the agent's).")
+@click.option("--collector", metavar="URL", help="Read a collector's query API instead of a local store.")
+@click.option("--token-file", type=click.Path(dir_okay=False), help="A file holding the collector's bearer token.")
+@click.option("--since", help="From this time: ISO-8601 (2026-11-01, 2026-11-27T12:00Z) or a span back from now (24h, 7d).")
+@click.option("--until", help="Up to this time (exclusive); same forms as --since.")
+@click.option("--by", "by", multiple=True, metavar="KEY[,KEY]",
+              help=f"Group by {'|'.join(GROUP_KEYS)}; repeatable or comma-separated (default: model,device).")
+@click.option("--node", help="Only this node.")
+@click.option("--device", help="Only this device id.")
+@click.option("--model", help="Only this model.")
+@click.option("--tenant", help="Only this tenant.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+              help="table for people; json and csv for scripts; html (with --output) for a self-contained page with charts.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write to this file instead of standard output.")
+def report(db, collector, token_file, since, until, by, node, device, model, tenant, fmt, output) -> None:
+    """What a million tokens cost: per model and device (default), node, tenant, hour, day or
+    week, from the local store or a collector.
+
+    Tokens (prompt, completion), energy, the cost split (capex, energy, opex), cost per million
+    tokens (total, prompt, completion), joules per token, mean utilization, the share of cost
+    spent idle, and the capacity cost per Mtok at the bench's roofline beside the realized one.
+    """
+    now = time.time()
+    try:
+        f = Filters(since=parse_when(since, now) if since else None,
+                    until=parse_when(until, now) if until else None,
+                    node=node, device=device, model=model, tenant=tenant)
+        keys = parse_by(by)
+    except (TimeParseError, ReportError) as e:
+        raise click.ClickException(str(e)) from None
+    if f.since is not None and f.until is not None and f.since >= f.until:
+        raise click.ClickException("--since must be before --until")
+    if fmt == "html" and not output:
+        raise click.ClickException("--format html needs --output FILE")
+    read = _reader(db, collector, token_file)
+    rep, cells = _report(read, keys, f)
+    context = {"since": iso(f.since) if f.since is not None else None,
+               "until": iso(f.until) if f.until is not None else None,
+               "source": collector or "local store"}
+    if fmt == "table":
+        from reports.render import render_table
+        from agent.ui import console
+
+        title = f"meter report by {', '.join(keys)}" + (f" ({context['since'] or '…'} → {context['until'] or 'now'})"
+                                                         if since or until else "")
+        if output:
+            from rich.console import Console
+
+            with open(output, "w") as fh:
+                Console(file=fh, width=200).print(render_table(rep, title=title))
+        else:
+            console().print(render_table(rep, title=title))
+        return
+    if fmt == "html":
+        from reports.html import render_html
+
+        extra = {k: _report(read, k_by, f)[0] for k, k_by in _html_views(f, keys).items()}
+        text = render_html(rep, extra["trend"], extra["scatter"], extra["points"], cells.capacity,
+                           title="meter report", **context)
+    elif fmt == "json":
+        from reports.render import render_json
+
+        text = render_json(rep, **context) + "\n"
+    else:
+        from reports.render import render_csv
+
+        text = render_csv(rep)
+    if output:
+        Path(output).write_text(text)
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+def _html_views(f: Filters, keys: Sequence[str]) -> dict[str, list[str]]:
+    """The charts' own groupings: cost per Mtok over time (hourly for a range under three days,
+    else daily), device-hours for tokens/s against power, device and model for the roofline."""
+    span = (f.until or time.time()) - f.since if f.since is not None else None
+    period = "hour" if span is not None and span <= 3 * 86400 else "day"
+    return {"trend": [period], "scatter": ["device", "hour"], "points": ["device", "model"]}

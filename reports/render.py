@@ -1,0 +1,112 @@
+"""Renderers of a report: a rich table for people, JSON and CSV for scripts. Pure: a Report in,
+a table or text out. Money stays integer micro-units in JSON and CSV (``*_micro``); the
+per-Mtok figures are currency units (floats, for display and ratios)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any
+
+from rich.table import Table
+
+from reports.aggregate import Report
+
+#: Row fields after the group keys, in the order JSON and CSV give them.
+FIELDS = (
+    "prompt_tokens", "completion_tokens", "tokens", "seconds", "energy_j", "energy_kwh",
+    "cost_capex_micro", "cost_energy_micro", "cost_opex_micro", "cost_micro", "cost_prompt_micro",
+    "cost_completion_micro", "idle_cost_micro", "cost_per_mtok", "cost_per_mtok_prompt",
+    "cost_per_mtok_completion", "j_per_token", "tokens_per_s", "avg_power_w", "util_pct",
+    "idle_cost_share", "capacity_cost_per_mtok", "realized_over_capacity",
+)
+EFFICIENCY_NOTE = ("real÷cap = realized cost per Mtok ÷ capacity cost per Mtok (the roofline "
+                   "ceiling at full use, from the latest bench): the efficiency; 1.0 is the ceiling, "
+                   "higher costs more")
+
+
+def _round(v: Any) -> Any:
+    return round(v, 9) if isinstance(v, float) else v
+
+
+def report_json(report: Report, *, since: str | None = None, until: str | None = None,
+                source: str | None = None) -> dict[str, Any]:
+    """``{"rows": [...], "totals": {...}}`` plus the report's context (currency, grouping,
+    range, source, what the efficiency means)."""
+    return {
+        "currency": report.currency,
+        "by": report.by,
+        "since": since,
+        "until": until,
+        "source": source,
+        "rows": [{**{k: r[k] for k in report.by}, **{k: _round(r[k]) for k in FIELDS}}
+                 for r in report.rows],
+        "totals": {k: _round(report.totals[k]) for k in FIELDS},
+        "notes": {"realized_over_capacity": EFFICIENCY_NOTE.replace("real÷cap", "realized_over_capacity"),
+                  "money": "*_micro fields are integer micro-units of the currency; cost_per_mtok"
+                           " fields are currency units per million tokens"},
+    }
+
+
+def render_json(report: Report, **context: Any) -> str:
+    return json.dumps(report_json(report, **context), indent=2)
+
+
+def render_csv(report: Report) -> str:
+    """One line per row, empty cells for unknown figures. The totals are left out so that a
+    spreadsheet's column sums are the totals."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow([*report.by, *FIELDS])
+    for r in report.rows:
+        w.writerow([*(r[k] for k in report.by), *("" if r[k] is None else _round(r[k]) for k in FIELDS)])
+    return buf.getvalue()
+
+
+def _money(micro: int | None) -> str:
+    if micro is None:
+        return "—"
+    return f"{micro / 1e6:,.2f}" if abs(micro) >= 1_000_000_000 else f"{micro / 1e6:,.4f}"
+
+
+def _num(v: float | None, digits: int, scale: float = 1.0) -> str:
+    return "—" if v is None else f"{v * scale:,.{digits}f}"
+
+
+def _count(n: int) -> str:
+    return f"{n:,}"
+
+
+def render_table(report: Report, *, title: str = "") -> Table:
+    """The terminal view: tokens, energy, the cost split, cost per Mtok (total, prompt,
+    completion), J/token, utilization, idle share, and capacity beside realized."""
+    cur = report.currency or ""
+    t = Table(title=title or None, caption=f"money in {cur}; in/out = prompt/completion tokens; {EFFICIENCY_NOTE}", caption_justify="left")
+    for k in report.by:
+        t.add_column(k, no_wrap=True)
+    for col in ("prompt", "compl.", "kWh", "capex", "energy", "opex", "cost", "/Mtok",
+                "in/Mtok", "out/Mtok", "J/tok", "util%", "idle%", "cap/Mtok", "real÷cap"):
+        t.add_column(col, justify="right", no_wrap=True)
+
+    def cells(r: dict[str, Any]) -> list[str]:
+        return [
+            _count(r["prompt_tokens"]), _count(r["completion_tokens"]), _num(r["energy_kwh"], 3),
+            _money(r["cost_capex_micro"]), _money(r["cost_energy_micro"]), _money(r["cost_opex_micro"]),
+            _money(r["cost_micro"]), _num(r["cost_per_mtok"], 4), _num(r["cost_per_mtok_prompt"], 4),
+            _num(r["cost_per_mtok_completion"], 4), _num(r["j_per_token"], 3), _num(r["util_pct"], 1),
+            _num(r["idle_cost_share"], 1, 100), _num(r["capacity_cost_per_mtok"], 4),
+            _num(r["realized_over_capacity"], 2),
+        ]
+
+    for r in report.rows:
+        t.add_row(*(_label(r[k]) for k in report.by), *cells(r))
+    t.add_section()
+    t.add_row("total", *([""] * (len(report.by) - 1)), *cells(report.totals), style="bold")
+    return t
+
+
+def _label(v: Any) -> str:
+    if v == "":
+        return "—"
+    return str(v).replace(":00:00Z", ":00Z")

@@ -1,0 +1,111 @@
+"""`meter report --collector`: the same fleet sent as CloudEvents to a real collector on
+127.0.0.1, read back through its query API, and the errors of a collector that is down or
+refuses the token."""
+
+import json
+import socket
+
+import pytest
+from click.testing import CliRunner
+
+from agent.cli import main
+from agent.events import window_event
+from collector.auth import create_token
+from collector.store import SQLiteStore
+from collector.validation import check_batch
+from reports.aggregate import aggregate
+from reports.query import CollectorDown, CollectorRefused, Filters, read_collector, read_store
+from tests.collector.conftest import LiveServer
+from tests.reports.conftest import fleet_windows
+
+
+@pytest.fixture
+def cstore(tmp_path):
+    s = SQLiteStore(tmp_path / "collector.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def server(cstore):
+    parsed, errors = check_batch([window_event(w, u) for w, u in fleet_windows()])
+    assert errors == []
+    assert cstore.ingest(parsed).accepted == 5
+    with LiveServer(cstore) as srv:
+        yield srv
+
+
+@pytest.fixture
+def read_token(cstore):
+    return create_token(cstore, "finance", scope="read")
+
+
+def keyed(rep, field):
+    return {tuple(r[k] for k in rep.by): r[field] for r in rep.rows}
+
+
+@pytest.mark.parametrize("by", [["model"], ["model", "device"], ["node"], ["tenant"], ["hour"],
+                                ["day"], ["week", "node"]])
+def test_collector_reports_match_the_local_store(server, read_token, fleet, by):
+    remote = aggregate(read_collector(server.url, read_token, by, Filters()), by)
+    local = aggregate(read_store(fleet, by, Filters()), by)
+    for field in ("cost_micro", "prompt_tokens", "completion_tokens", "cost_prompt_micro",
+                  "cost_completion_micro", "idle_cost_micro"):
+        assert keyed(remote, field) == keyed(local, field), field
+    assert remote.totals["cost_micro"] == 9300 == sum(r["cost_micro"] for r in remote.rows)
+    assert remote.totals["energy_j"] == pytest.approx(32_000.0)
+
+
+def test_collector_filters(server, read_token):
+    rep = aggregate(read_collector(server.url, read_token, ["device"], Filters(node="n2", model="a")),
+                    ["device"], model="a")
+    assert keyed(rep, "cost_micro") == {("GPU-0",): 1500}
+
+
+def test_cli_over_a_collector(server, read_token, tmp_path):
+    tf = tmp_path / "token"
+    tf.write_text(read_token + "\n")
+    r = CliRunner().invoke(main, ["report", "--collector", server.url, "--token-file", str(tf),
+                                  "--format", "json", "--by", "model"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["totals"]["cost_micro"] == 9300 and out["source"] == server.url
+    assert {row["model"]: row["cost_micro"] for row in out["rows"]} == {"a": 3700, "b": 4800, "(idle)": 800}
+
+
+def test_a_refused_token_is_one_clear_line(server, cstore, tmp_path):
+    with pytest.raises(CollectorRefused, match=r"refused the token \(401\): missing or unknown bearer token"):
+        read_collector(server.url, "mtk_000000000000_" + "A" * 43, ["model"], Filters())
+    node_token = create_token(cstore, "n1")
+    with pytest.raises(CollectorRefused, match=r"\(403\): a token for node 'n1' may not read node 'n2'"):
+        read_collector(server.url, node_token, ["model"], Filters(node="n2"))
+    tf = tmp_path / "token"
+    tf.write_text("mtk_nope")
+    r = CliRunner().invoke(main, ["report", "--collector", server.url, "--token-file", str(tf)])
+    assert r.exit_code == 1 and r.output.startswith("Error: the collector at") and "(401)" in r.output
+
+
+def test_a_collector_that_is_down(tmp_path):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    with pytest.raises(CollectorDown, match=f"cannot reach the collector at http://127.0.0.1:{port}"):
+        read_collector(f"http://127.0.0.1:{port}", "t", ["model"], Filters(), timeout=2)
+    tf = tmp_path / "token"
+    tf.write_text("t")
+    r = CliRunner().invoke(main, ["report", "--collector", f"http://127.0.0.1:{port}", "--token-file", str(tf)])
+    assert r.exit_code == 1 and r.output.startswith(f"Error: cannot reach the collector at http://127.0.0.1:{port}")
+
+
+def test_an_empty_collector_and_a_missing_token_file(cstore, tmp_path):
+    token = create_token(cstore, "finance", scope="read")
+    with LiveServer(cstore) as srv:
+        r = CliRunner().invoke(main, ["report", "--collector", srv.url, "--token-file", str(tmp_path / "none")])
+        assert r.exit_code == 1 and "cannot read the token file" in r.output
+        r = CliRunner().invoke(main, ["report", "--collector", srv.url])
+        assert r.exit_code == 1 and "--collector needs --token-file FILE" in r.output
+        tf = tmp_path / "token"
+        tf.write_text(token)
+        r = CliRunner().invoke(main, ["report", "--collector", srv.url, "--token-file", str(tf)])
+        assert r.exit_code == 1 and r.output.strip() == "Error: the collector has no windows at all"
