@@ -72,6 +72,12 @@ TRITON_BUCKETS = (10.0, 50.0, 100.0, 500.0, 1000.0)
 HUGE_BYTES = 10 * 1000 * 1000
 
 
+class _Server(ThreadingHTTPServer):
+    # http.server's default is daemon handler threads, which server_close() does not join;
+    # these are joined, so that a stopped fake leaves no thread behind.
+    daemon_threads = False
+
+
 @dataclass
 class ModelState:
     prompt_tokens: int = 0
@@ -114,7 +120,7 @@ class FakeInferenceServer:
         self._mode = "ok"
         self._stopping = threading.Event()
         self.scrapes = 0
-        self._httpd: ThreadingHTTPServer | None = None
+        self._httpd: _Server | None = None
         self._port: int | None = None
         self._thread: threading.Thread | None = None
         self.path = "/prometheus/metrics" if kind == "trtllm" else "/metrics"
@@ -125,16 +131,18 @@ class FakeInferenceServer:
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = 10  # a client that stops reading cannot block a handler (and stop()) for ever
+
             def do_GET(self) -> None:  # noqa: N802 - http.server's name
                 try:
                     fake._serve(self)
-                except (BrokenPipeError, ConnectionResetError):
+                except (BrokenPipeError, ConnectionResetError, TimeoutError):
                     pass  # the client gave up (a size limit or a timeout): that is the point
 
             def log_message(self, *args) -> None:
                 pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _Server(("127.0.0.1", 0), Handler)
         self._port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=f"fake-{self.kind}", daemon=True)

@@ -2,6 +2,7 @@
 and servers that misbehave. Every timeout is short so that the suite stays fast."""
 
 import socket
+import threading
 import time
 
 import httpx
@@ -123,6 +124,15 @@ def test_a_compressed_page_is_read_anyway(fake, client):
     fake.add("llama-3-8b", 10, 1)
     fake.set_mode("gzip")
     assert TokenSource(fake.url).scrape(client).models["llama-3-8b"].prompt_tokens == 10
+
+
+def test_a_stopped_fake_leaves_no_thread_behind(client):
+    """What the agent's end-to-end tests rely on: stop() ends even a hanging handler."""
+    before = set(threading.enumerate())
+    with FakeInferenceServer("vllm") as srv:
+        srv.set_mode("hang")
+        assert isinstance(TokenSource(srv.url, timeout_s=0.2).scrape(client), Gap)
+    assert set(threading.enumerate()) <= before
 
 
 def test_nothing_listening_is_a_gap(client):
