@@ -8,7 +8,9 @@ token, dedupe by the UNIQUE (source, id) constraint), one after the other, and e
 back accepted. The baseline, in the same run: the same rows (raw event, window, usage) inserted
 with executemany into the same schema, same pragmas (WAL, synchronous=FULL), one transaction per
 batch, so both sides pay the same number of fsyncs. A third figure: the same batches resent,
-all duplicates. Prints both rates and the ratio.
+all duplicates. Each side runs --repeat times, interleaved, each time on a fresh database; the
+medians are printed (a shared machine's fsync times vary a lot from one run to the next), with
+both rates and the ratio.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -155,15 +158,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=20_000)
     ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     events = make_events(args.events)
     batches = [events[i:i + args.batch] for i in range(0, len(events), args.batch)]
     bodies = [json.dumps(b).encode() for b in batches]
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = bench_sqlite(Path(tmp) / "raw.db", batches)
-        accepted, dups = bench_collector(Path(tmp) / "collector.db", bodies, args.events)
+    runs = []
+    for i in range(args.repeat):
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = bench_sqlite(Path(tmp) / "raw.db", batches)
+            accepted, dups = bench_collector(Path(tmp) / "collector.db", bodies, args.events)
+        runs.append((raw, accepted, dups))
+        print(f"run {i + 1}: raw {raw:,.0f}/s, collector {accepted:,.0f}/s, resend {dups:,.0f}/s")
+    raw, accepted, dups = (statistics.median(r[k] for r in runs) for k in range(3))
     print(f"events: {args.events} in batches of {args.batch} "
-          f"({sum(map(len, bodies)) / len(events):.0f} bytes/event on the wire)")
+          f"({sum(map(len, bodies)) / len(events):.0f} bytes/event on the wire); medians of {args.repeat} runs")
     print(f"raw SQLite executemany (WAL, FULL, 1 txn/batch): {raw:12,.0f} events/s")
     print(f"collector over HTTP, accepted (dedupe on):         {accepted:12,.0f} events/s")
     print(f"collector over HTTP, resend (all duplicates):      {dups:12,.0f} events/s")
