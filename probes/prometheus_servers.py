@@ -21,8 +21,9 @@ Servers and the metrics read (tokens are required; seconds and cached tokens whe
 kind          prompt / completion tokens                             model label
 ============  =====================================================  =================
 vllm          ``vllm:prompt_tokens_total`` / ``vllm:generation_tokens_total``;
-              before those, ``_sum`` of the ``vllm:request_prompt_tokens`` /
-              ``vllm:request_generation_tokens`` histograms (finished requests);
+              where those are absent, ``_sum`` of the ``vllm:request_prompt_tokens`` /
+              ``vllm:request_generation_tokens`` histograms (finished requests only; some
+              vLLM-compatible servers and trimmed builds expose only these);
               seconds: ``_sum`` of ``vllm:request_prefill_time_seconds`` /
               ``vllm:request_decode_time_seconds``; cached: ``vllm:prefix_cache_hits_total``
                                                                      ``model_name``
