@@ -7,6 +7,7 @@ it), so there is no import cycle.
 from __future__ import annotations
 
 import signal
+import sqlite3
 from pathlib import Path
 
 import click
@@ -30,6 +31,14 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise click.BadParameter(f"expected HOST:PORT, not {text!r}", param_hint="--listen")
     return host.strip("[]"), int(port)
+
+
+def _open(db: Path | None) -> SQLiteStore:
+    """The store, or one clear line (a newer schema, a path that cannot be opened)."""
+    try:
+        return SQLiteStore(db)
+    except (RuntimeError, OSError, sqlite3.Error) as e:
+        raise click.ClickException(f"cannot open the collector database: {e}") from e
 
 
 def _exit_cleanly(signum, frame) -> None:
@@ -58,7 +67,7 @@ def serve(db: Path | None, listen: str, max_body: int, certfile: str | None, key
     host, port = parse_listen(listen)
     if (certfile is None) != (keyfile is None):
         raise click.UsageError("--certfile and --keyfile go together")
-    store = SQLiteStore(db)
+    store = _open(db)
     try:
         config = uvicorn.Config(
             create_app(store, max_body_bytes=max_body), host=host, port=port,
@@ -94,7 +103,7 @@ def token_create(name: str, read_only: bool, db: Path | None) -> None:
 
     Only its SHA-256 hash is stored: keep the token, it cannot be shown again.
     """
-    store = SQLiteStore(db)
+    store = _open(db)
     try:
         tok = create_token(store, name, scope="read" if read_only else "node")
     except ValueError as e:
@@ -130,7 +139,7 @@ def export(db: Path | None, since: str, until: str, period: str, node: str | Non
     path = db if db is not None else default_db_path()
     if not Path(path).exists():
         raise click.ClickException(f"no collector database at {path}")
-    store = SQLiteStore(path)
+    store = _open(path)
     try:
         groups = store.usage([period, "node", "model"], Query(node=node, since=t0, until=t1))
     finally:

@@ -138,3 +138,15 @@ def test_serve_is_a_real_process_that_ingests_and_stops_cleanly(tmp_path, sig):
         assert store.counts()["windows"] == 3
     finally:
         store.close()
+
+
+def test_a_database_from_a_newer_collector_is_one_clear_line(tmp_path):
+    db = tmp_path / "c.db"
+    SQLiteStore(db).close()
+    with sqlite3.connect(db) as c:
+        c.execute("PRAGMA user_version = 99")
+    c.close()
+    r = meter("collector", "token", "create", "n1", "--db", str(db))
+    assert r.exit_code == 1
+    assert r.output.strip().splitlines()[-1].startswith("Error: cannot open the collector database")
+    assert "Traceback" not in r.output
