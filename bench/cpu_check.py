@@ -10,13 +10,17 @@ which alternate the two so that load from elsewhere on the machine hits both ali
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from kernels.cpu import CpuCopy, CpuGemm, CpuTriad, llc_bytes
-from kernels.runner import Runner, RunnerOptions
-from kernels.stats import median
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
+
+from kernels.cpu import CpuCopy, CpuGemm, CpuTriad, llc_bytes  # noqa: E402
+from kernels.runner import Runner, RunnerOptions  # noqa: E402
+from kernels.stats import median  # noqa: E402
 
 
 def numpy_matmul_flops_per_s(dtype: str, n: int, seconds: float) -> float:
@@ -46,12 +50,15 @@ def numpy_copy_bytes_per_s(nbytes: int, seconds: float) -> float:
     return 2.0 * src.nbytes / median(times)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=0.5, help="seconds per measurement")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--n", type=int, default=1024, help="GEMM size (meter bench --quick uses 1024)")
-    args = ap.parse_args()
+    ap.add_argument("--stream-mib", type=int, default=64, help="MiB per bandwidth array (meter bench: 64)")
+    ap.add_argument("--cache-mib", type=int, default=None,
+                    help="last-level cache size to defeat (default: read from sysfs; 0: no rotation)")
+    args = ap.parse_args(argv)
     runner = Runner(RunnerOptions(min_duration_s=args.seconds, warmup_s=0.05, min_repeats=3))
     print(f"{'kernel':<12}{'ours':>14}{'numpy':>14}{'ours/numpy':>12}")
     for dtype in ("fp64", "fp32"):
@@ -64,16 +71,17 @@ def main() -> None:
             ratios.append(ours / theirs)
         print(f"{'gemm ' + dtype:<12}{median(ours_v) / 1e9:>10.1f} GF/s{median(np_v) / 1e9:>9.1f} GF/s"
               f"{median(ratios):>12.3f}")
-    cache = llc_bytes()
-    elems = (64 << 20) // 8
+    cache = llc_bytes() if args.cache_mib is None else (args.cache_mib << 20) or None
+    elems = (args.stream_mib << 20) // 8
     copy = runner.measure(CpuCopy(elems, cache)).value
     triad = runner.measure(CpuTriad(elems, cache)).value
-    base = numpy_copy_bytes_per_s(64 << 20, args.seconds)
+    base = numpy_copy_bytes_per_s(args.stream_mib << 20, args.seconds)
     print(f"{'copy fp64':<12}{copy / 1e9:>10.1f} GB/s{base / 1e9:>9.1f} GB/s{copy / base:>12.3f}"
           "   (numpy: one thread, no rotation)")
     print(f"{'triad fp64':<12}{triad / 1e9:>10.1f} GB/s")
     print(f"last-level cache: {cache} bytes; CPUs: {CpuCopy(1).threads}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -365,14 +365,15 @@ DECODE_BATCH, DECODE_K = 8, 8192
 MIN_STREAM_BYTES = 256 << 20
 
 
-def stream_bytes(l2_bytes: int) -> int:
-    """Bytes per array of the bandwidth kernels: at least 4 × L2 and 256 MiB, 16-byte aligned."""
-    return -(-max(4 * l2_bytes, MIN_STREAM_BYTES) // 16) * 16
+def stream_bytes(l2_bytes: int, minimum: int = MIN_STREAM_BYTES) -> int:
+    """Bytes per array of the bandwidth kernels: at least 4 × L2 and ``minimum``, 16-byte aligned."""
+    return -(-max(4 * l2_bytes, minimum) // 16) * 16
 
 
-def gpu_kernels(cp: Any, cc: int, l2_bytes: int, gemm_n: int = GEMM_N) -> tuple[list[Kernel], dict[str, str]]:
+def gpu_kernels(cp: Any, cc: int, l2_bytes: int, gemm_n: int = GEMM_N, min_stream_bytes: int = MIN_STREAM_BYTES,
+                decode_k: int = DECODE_K, decode_min_m: int = 16384) -> tuple[list[Kernel], dict[str, str]]:
     """The GPU suite for a device of compute capability ``cc`` (e.g. 90), and the kernels left
-    out with the reason."""
+    out with the reason. The keyword sizes exist for tests; the defaults are the real suite."""
     kernels: list[Kernel] = []
     skipped = dict(UNREACHABLE)
     for dtype in ("fp32", "tf32", "fp16", "bf16", "int8"):
@@ -380,10 +381,10 @@ def gpu_kernels(cp: Any, cc: int, l2_bytes: int, gemm_n: int = GEMM_N) -> tuple[
             skipped[dtype] = f"needs compute capability {MIN_CC[dtype] / 10:.1f}, the device has {cc / 10:.1f}"
             continue
         kernels.append(CupyGemm(cp, dtype, gemm_n, gemm_n, gemm_n))
-    nbytes = stream_bytes(l2_bytes)
+    nbytes = stream_bytes(l2_bytes, min_stream_bytes)
     kernels += [CupyStream(cp, "copy", nbytes), CupyStream(cp, "triad", nbytes)]
     if cc >= MIN_CC["bf16"]:
-        # Weights of at least 4 × L2: m rows of DECODE_K bf16, m a multiple of 256.
-        m = max(16384, -(-nbytes // (2 * DECODE_K) // 256) * 256)
-        kernels.append(CupyGemm(cp, "bf16", m, DECODE_BATCH, DECODE_K, decode=True))
+        # Weights of at least 4 × L2: m rows of decode_k bf16, m a multiple of 256.
+        m = max(decode_min_m, -(-nbytes // (2 * decode_k) // 256) * 256)
+        kernels.append(CupyGemm(cp, "bf16", m, DECODE_BATCH, decode_k, decode=True))
     return kernels, skipped

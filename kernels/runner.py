@@ -98,8 +98,12 @@ class Runner:
         self.sampler = sampler
 
     def _point(self) -> PowerPoint:
-        sample = self.sampler() if self.sampler is not None else None
-        return to_point(self.clock(), sample)
+        if self.sampler is None:
+            return to_point(self.clock(), None)
+        # A sample reads several fields; stamp it with the middle of the time it took.
+        before = self.clock()
+        sample = self.sampler()
+        return to_point((before + self.clock()) / 2, sample)
 
     def measure(self, kernel: Kernel) -> Measurement:
         """Check, warm up and time ``kernel``. Raises KernelIncorrect (and reports nothing) when

@@ -34,11 +34,15 @@ class Sizes:
     cpu_stream_bytes: int
     gpu_gemm_n: int = gpu.GEMM_N
     respect_cache: bool = True
+    gpu_min_stream_bytes: int = gpu.MIN_STREAM_BYTES
+    gpu_decode_k: int = gpu.DECODE_K
+    gpu_decode_min_m: int = 16384
 
     @classmethod
     def choose(cls, quick: bool, tiny: bool = False) -> Sizes:
         if tiny:
-            return cls(cpu_gemm_n=64, cpu_stream_bytes=256 << 10, gpu_gemm_n=256, respect_cache=False)
+            return cls(cpu_gemm_n=64, cpu_stream_bytes=256 << 10, gpu_gemm_n=128, respect_cache=False,
+                       gpu_min_stream_bytes=1 << 16, gpu_decode_k=256, gpu_decode_min_m=256)
         return cls(cpu_gemm_n=1024 if quick else 2048, cpu_stream_bytes=64 << 20)
 
 
@@ -74,9 +78,8 @@ def plan_gpu(device: Device, sizes: Sizes, cp: Any) -> DevicePlan:
     spec = lookup(device.name)
     l2 = facts["l2_bytes"] or (spec.l2_bytes if spec else 0)
     cp.cuda.Device(ordinal).use()
-    kernels, skipped = gpu.gpu_kernels(cp, facts["cc"], l2 if sizes.respect_cache else 0, sizes.gpu_gemm_n)
-    if not sizes.respect_cache:
-        kernels = [k for k in kernels if k.name == "gemm"]
+    kernels, skipped = gpu.gpu_kernels(cp, facts["cc"], l2 if sizes.respect_cache else 0, sizes.gpu_gemm_n,
+                                       sizes.gpu_min_stream_bytes, sizes.gpu_decode_k, sizes.gpu_decode_min_m)
     return DevicePlan(device, kernels, spec, skipped, facts, activate=lambda: cp.cuda.Device(ordinal).use())
 
 
