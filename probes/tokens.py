@@ -67,7 +67,11 @@ def normalize_url(url: str, kind: str = "auto") -> str:
     trtllm-serve); a URL with a path is kept as it is. Only http and https are accepted."""
     if "://" not in url:
         url = "http://" + url
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in 0..65535
+    except ValueError as e:
+        raise ValueError(f"{url}: not a valid URL ({e})") from e
     if parts.scheme not in ("http", "https"):
         raise ValueError(f"{url}: only http:// and https:// URLs can be scraped")
     if not parts.hostname:
@@ -155,6 +159,8 @@ def fetch_text(client: httpx.Client, url: str, timeout_s: float = DEFAULT_TIMEOU
         raise ServerUnreachable(f"{url}: timed out after {timeout_s:g} s ({type(e).__name__})") from e
     except httpx.ConnectError as e:
         raise ServerUnreachable(f"{url}: cannot connect ({_reason(e)})") from e
+    except httpx.InvalidURL as e:
+        raise ServerUnreachable(f"{url}: not a valid URL ({e})") from e
     except httpx.HTTPError as e:  # disconnects, protocol errors, decoding errors
         raise ServerUnreachable(f"{url}: {type(e).__name__}: {_reason(e)}") from e
     encoding = r.headers.get("content-encoding", "identity").lower()

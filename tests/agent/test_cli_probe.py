@@ -136,9 +136,14 @@ def test_no_known_metrics_is_one_clear_line():
     assert r.exit_code == 1 and "looks like vllm, but vllm:prompt_tokens_total is missing" in r.output
 
 
-def test_a_url_that_is_not_http():
-    r = run("ftp://127.0.0.1/metrics")
-    assert r.exit_code == 1 and "only http:// and https://" in r.output
+@pytest.mark.parametrize("url, words", [
+    ("ftp://127.0.0.1/metrics", "only http:// and https://"),
+    ("http://127.0.0.1:abc/metrics", "not a valid URL"),
+    ("http://[::1/metrics", "not a valid URL"),
+])
+def test_a_url_that_cannot_be_scraped(url, words):
+    r = run(url)
+    assert r.exit_code == 1 and words in r.output and r.output.startswith("Error: " + url.split("/metrics")[0])
 
 
 def test_help():

@@ -189,7 +189,8 @@ def test_normalize_url(given, kind, want):
     assert normalize_url(given, kind) == want
 
 
-@pytest.mark.parametrize("bad", ["ftp://h/metrics", "file:///etc/passwd", "http://"])
+@pytest.mark.parametrize("bad", ["ftp://h/metrics", "file:///etc/passwd", "http://", "http://h:99999/metrics",
+                                 "h:port/metrics", "http://[::1/metrics"])
 def test_urls_that_cannot_be_scraped(bad):
     with pytest.raises(ValueError):
         normalize_url(bad)
