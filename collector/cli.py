@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from agent.events import iso
 from collector.app import DEFAULT_MAX_BODY_BYTES, create_app
 from collector.auth import create_token
 from collector.export import PERIODS, billing_rows, parse_bound, render_csv, render_json
@@ -113,6 +114,32 @@ def token_create(name: str, read_only: bool, db: Path | None) -> None:
     kind = "read token" if read_only else "token for node"
     click.echo(f"Created a {kind} {name!r}. It is shown once; only its hash is stored.", err=True)
     click.echo(tok)
+
+
+@token.command("list")
+@_db_option
+def token_list(db: Path | None) -> None:
+    """The tokens (key id, scope, name, created), never their secrets."""
+    store = _open(db)
+    try:
+        for t in store.list_tokens():
+            click.echo(f"{t.key_id}  {t.scope:<4}  {t.name}  {iso(t.created_at)}")
+    finally:
+        store.close()
+
+
+@token.command("revoke")
+@click.argument("key_id")
+@_db_option
+def token_revoke(key_id: str, db: Path | None) -> None:
+    """Revoke the token with KEY_ID (the part after "mtk_"; see `token list`). Takes effect at once."""
+    store = _open(db)
+    try:
+        if not store.delete_token(key_id):
+            raise click.ClickException(f"no token with key id {key_id!r}")
+    finally:
+        store.close()
+    click.echo(f"revoked {key_id}")
 
 
 @collector.command()

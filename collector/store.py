@@ -91,6 +91,13 @@ class CollectorStore(abc.ABC):
     def get_token(self, key_id: str) -> TokenRecord | None: ...
 
     @abc.abstractmethod
+    def list_tokens(self) -> list[TokenRecord]: ...
+
+    @abc.abstractmethod
+    def delete_token(self, key_id: str) -> bool:
+        """Revoke a token; False if there was none with that key id."""
+
+    @abc.abstractmethod
     def windows(self, q: Query, limit: int, after: int | None = None) -> list[dict[str, Any]]:
         """Windows in (start, seq) order, each with its ``usage`` rows; ``after`` is the ``seq`` of
         the last window of the previous page."""
@@ -303,6 +310,16 @@ class SQLiteStore(CollectorStore):
                 "SELECT key_id, scope, name, secret_sha256, created_at FROM tokens WHERE key_id = ?",
                 (key_id,)).fetchone()
         return TokenRecord(*row) if row else None
+
+    def list_tokens(self) -> list[TokenRecord]:
+        with self._lock:
+            rows = self.conn.execute("SELECT key_id, scope, name, secret_sha256, created_at FROM tokens "
+                                     "ORDER BY created_at, key_id").fetchall()
+        return [TokenRecord(*r) for r in rows]
+
+    def delete_token(self, key_id: str) -> bool:
+        with self._lock, self._write():
+            return self.conn.execute("DELETE FROM tokens WHERE key_id = ?", (key_id,)).rowcount > 0
 
     # -- queries ----------------------------------------------------------------------------------
 

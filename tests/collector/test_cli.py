@@ -150,3 +150,21 @@ def test_a_database_from_a_newer_collector_is_one_clear_line(tmp_path):
     assert r.exit_code == 1
     assert r.output.strip().splitlines()[-1].startswith("Error: cannot open the collector database")
     assert "Traceback" not in r.output
+
+
+def test_token_list_and_revoke(tmp_path):
+    db = str(tmp_path / "c.db")
+    token = meter("collector", "token", "create", "n1", "--db", db).stdout.strip()
+    meter("collector", "token", "create", "--read", "finance", "--db", db)
+    key_id = token.split("_")[1]
+    listed = meter("collector", "token", "list", "--db", db).stdout
+    assert key_id in listed and "finance" in listed and token.split("_", 2)[2] not in listed
+    assert meter("collector", "token", "revoke", key_id, "--db", db).exit_code == 0
+    store = SQLiteStore(db)
+    try:
+        assert authenticate(store, f"Bearer {token}") is None
+        assert [t.name for t in store.list_tokens()] == ["finance"]
+    finally:
+        store.close()
+    r = meter("collector", "token", "revoke", key_id, "--db", db)
+    assert r.exit_code == 1 and "no token" in r.output
