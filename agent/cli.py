@@ -3,6 +3,7 @@ become one clear line (click.ClickException), never a traceback."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import socket
@@ -17,7 +18,26 @@ from agent.ui import console
 from probes.devices import get_devices
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+#: name -> "module:attribute" of commands defined in their own modules.
+LAZY_COMMANDS: dict[str, str] = {}
+
+
+class LazyGroup(click.Group):
+    """Imports a subcommand's module only when that subcommand runs (or help lists it), so
+    the daemon does not carry NumPy, Starlette and the report renderers in memory, and every
+    command starts faster."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in LAZY_COMMANDS:
+            module, attr = LAZY_COMMANDS[name].split(":")
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="meter")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-v info, -vv debug).")
 def main(verbose: int) -> None:
@@ -71,19 +91,16 @@ def _print_status(node_name, node, as_json: bool) -> None:
         console().print(status_table(node_name, at, samples, node.gpus.reason))
 
 
-# Commands that live in their own modules register here, one line each.
-from reports.cli import report  # noqa: E402
-main.add_command(report)
-from agent.cli_bench import bench  # noqa: E402
-main.add_command(bench)
-from agent.cli_probe import probe  # noqa: E402
-main.add_command(probe)
-from agent.cli_agent import agent_cmd, config_group, windows_cmd  # noqa: E402
-main.add_command(agent_cmd)
-main.add_command(windows_cmd)
-main.add_command(config_group)
-from collector.cli import collector  # noqa: E402
-main.add_command(collector)
+# Commands that live in their own modules, imported only when used (see LazyGroup): one line each.
+LAZY_COMMANDS.update({
+    "agent": "agent.cli_agent:agent_cmd",
+    "windows": "agent.cli_agent:windows_cmd",
+    "config": "agent.cli_agent:config_group",
+    "bench": "agent.cli_bench:bench",
+    "probe": "agent.cli_probe:probe",
+    "report": "reports.cli:report",
+    "collector": "collector.cli:collector",
+})
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from rich.table import Table
 from agent.config import EXAMPLE, Config, ConfigError, _listen, _window, default_config, load_config, parse_source_flag
 from agent.costmodel import cost_per_mtok
 from agent.events import iso
-from agent.store import Store
 from agent.timeparse import TimeParseError, parse_when
 from probes.errors import MeterError
 
@@ -32,7 +31,9 @@ def _load(config_path: str | None) -> Config:
         raise click.ClickException(str(e)) from None
 
 
-def _open_store(path: str | None, config: Config | None = None) -> Store:
+def _open_store(path: str | None, config: Config | None = None):
+    from agent.store import Store
+
     p = path or (config.store if config else None)
     try:
         return Store(p)
@@ -40,6 +41,19 @@ def _open_store(path: str | None, config: Config | None = None) -> Store:
         raise click.ClickException(f"cannot open the store {p or 'at the default path'}: {e}") from None
     except Exception as e:  # sqlite3.DatabaseError: not a database, locked beyond the timeout
         raise click.ClickException(f"cannot open the store {p or 'at the default path'}: {e}") from None
+
+
+def _import_sqlite_utils_without_numpy() -> None:
+    """sqlite-utils imports NumPy at import time whenever it is installed, only to map NumPy
+    values to SQL types; the daemon never stores one. Hiding NumPy during that one import saves
+    ~11 MB of RSS on every node; NumPy stays importable afterwards."""
+    if "sqlite_utils" in sys.modules or "numpy" in sys.modules:
+        return
+    sys.modules["numpy"] = None  # type: ignore[assignment]
+    try:
+        import sqlite_utils  # noqa: F401
+    finally:
+        del sys.modules["numpy"]
 
 
 @click.command("agent")
@@ -58,6 +72,7 @@ def agent_cmd(config_path, duration, db_path, interval, window, sources, metrics
     reloads --config: a valid config takes effect at the next window, an invalid one is refused
     with the reason logged and the running one kept.
     """
+    _import_sqlite_utils_without_numpy()
     from agent.daemon import Agent
     from agent.metrics import AgentState, MetricsServer
     from agent.systemd import Notifier
