@@ -4,7 +4,6 @@ import importlib.util
 import sys
 from pathlib import Path
 
-import pytest
 
 BENCH = Path(__file__).parents[2] / "bench"
 

@@ -89,14 +89,14 @@ def test_energy_integrated_when_the_counter_resets_mid_run(fake_nvml, clock):
     samples = []
 
     def sampler():
-        if len(samples) == 3:
+        if len(samples) == 2:  # the third sample (0.5 s in) reads a counter that restarted
             fake.reset_energy(0)
         s = gpu.sample()
         samples.append(s)
         return s
 
     m = Runner(RunnerOptions(min_duration_s=1.0, warmup_s=0.1), clock=clock, sampler=sampler).measure(k)
-    assert len(samples) >= 5
+    assert len(samples) >= 3
     assert m.energy.source == "integrated"
     assert m.energy.watts == pytest.approx(200.0)
 
