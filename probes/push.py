@@ -11,7 +11,7 @@ optional. The answer is ``200 {"accepted": N, "duplicates": M}``; a record whose
 ``request_id`` was already accepted counts once (a client may retry safely). Anything invalid
 is ``400 {"error": "one line naming the record and the field"}`` and then *nothing* of that
 body is taken, so that a client can fix and resend the whole batch; a body over ``max_bytes``
-is 413. ``GET /healthz`` answers 200.
+is 413, a body that does not arrive within ``body_timeout_s`` (default 10 s) is 408. ``GET /healthz`` answers 200.
 
 Only loopback addresses (or a Unix socket) are accepted: the endpoint has no authentication,
 and anything that can reach it can bill tokens.
@@ -36,6 +36,7 @@ a server.
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import os
@@ -48,6 +49,7 @@ from typing import Any
 DEFAULT_MAX_BYTES = 1024 * 1024
 DEFAULT_MAX_RECORDS = 10_000
 DEFAULT_MAX_REQUEST_IDS = 100_000
+DEFAULT_BODY_TIMEOUT_S = 10.0
 MAX_TOKENS_PER_RECORD = 10**9  # far beyond any context window: a bigger number is a bug upstream
 MAX_TEXT_CHARS = 256
 # An oversized body is read and dropped up to this size (to answer 413 cleanly), then cut off.
@@ -208,12 +210,13 @@ class PushEndpoint:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, uds: str | None = None,
                  max_bytes: int = DEFAULT_MAX_BYTES, max_records: int = DEFAULT_MAX_RECORDS,
-                 max_request_ids: int = DEFAULT_MAX_REQUEST_IDS) -> None:
+                 max_request_ids: int = DEFAULT_MAX_REQUEST_IDS,
+                 body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> None:
         if uds is None and not _is_loopback(host):
             raise ValueError(f"the push endpoint listens on loopback or a Unix socket only, not {host!r}: "
                              "it has no authentication")
         self.host, self.port, self.uds = host, port, uds
-        self.max_bytes, self.max_records = max_bytes, max_records
+        self.max_bytes, self.max_records, self.body_timeout_s = max_bytes, max_records, body_timeout_s
         self.ledger = UsageLedger(max_request_ids)
         self._sock: socket.socket | None = None
         self._bound_uds: str | None = None
@@ -314,14 +317,20 @@ class PushEndpoint:
         async def usage(request: Request) -> JSONResponse:
             body = bytearray()
             received = 0
-            async for chunk in request.stream():
-                received += len(chunk)
-                if received <= self.max_bytes:
-                    body += chunk
-                elif received > _DISCARD_BYTES:
-                    return _error(413, f"the body is over {self.max_bytes:,} bytes", close=True)
-                # Over the limit: keep reading, without keeping, so that the client gets the
-                # 413 instead of a reset connection (closing a socket with unread data resets it).
+            try:
+                # A client that stops half-way through its body must not hold a request open.
+                async with asyncio.timeout(self.body_timeout_s):
+                    async for chunk in request.stream():
+                        received += len(chunk)
+                        if received <= self.max_bytes:
+                            body += chunk
+                        elif received > _DISCARD_BYTES:
+                            return _error(413, f"the body is over {self.max_bytes:,} bytes", close=True)
+                        # Over the limit: keep reading, without keeping, so that the client gets
+                        # the 413 instead of a reset connection (closing a socket with unread
+                        # data resets it).
+            except TimeoutError:
+                return _error(408, f"the body did not arrive within {self.body_timeout_s:g} s", close=True)
             if received > self.max_bytes:
                 return _error(413, f"the body is {received:,} bytes; at most {self.max_bytes:,}")
             try:

@@ -2,6 +2,7 @@
 TCP and a Unix socket."""
 
 import json
+import socket
 import threading
 
 import httpx
@@ -219,3 +220,18 @@ def test_stop_closes_the_port():
     with httpx.Client(timeout=1) as c, pytest.raises(httpx.ConnectError):
         c.get(url + "/healthz")
     ep.stop()  # twice is harmless
+
+
+def test_a_client_that_stops_half_way_through_its_body_gets_a_408():
+    with PushEndpoint(body_timeout_s=0.3) as ep:
+        host, port = ep.url.removeprefix("http://").rsplit(":", 1)
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(b"POST /v1/usage HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"mo")
+            answer = b""
+            for _ in range(100):  # until the server closes (it says Connection: close)
+                part = s.recv(4096)
+                if not part:
+                    break
+                answer += part
+        assert answer.startswith(b"HTTP/1.1 408") and b"did not arrive within 0.3 s" in answer
+        assert ep.drain() == {}
