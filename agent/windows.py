@@ -131,6 +131,9 @@ class WindowBuilder:
         self.device = device
         self.window_s = window_s
         self.max_gap_s = max_gap_s
+        # Milliseconds: the wire carries times to the millisecond and the event id is derived
+        # from the start, so the two must agree.
+        start = round(start, 3)
         aligned = window_start(start, window_s)
         self.current = Window(device, start, aligned + window_s, partial=start > aligned)
         if start > aligned:
@@ -175,7 +178,7 @@ class WindowBuilder:
         gap), and the open one ends at ``at``, partial. A zero-length last window is dropped."""
         closed = self._advance_to(max(at, self._t))
         w = self.current
-        w.end = max(w.start, at)
+        w.end = max(w.start, round(at, 3))
         w.partial = True
         w.flag("shutdown")
         return closed + ([w] if w.end > w.start else [])

@@ -113,6 +113,13 @@ def test_shutdown_closes_the_open_window_as_partial():
     assert w.gap_s == pytest.approx(0.5)
 
 
+def test_partial_window_times_are_whole_milliseconds():
+    b = WindowBuilder("gpu0", 10, T0 + 3.1234567, max_gap_s=3)
+    assert b.current.start == round(T0 + 3.123, 3)
+    (w,) = b.close(T0 + 5.9876543)
+    assert w.end == round(T0 + 5.988, 3)
+
+
 def test_shutdown_after_a_boundary_closes_the_full_window_first():
     b = WindowBuilder("gpu0", 10, T0, max_gap_s=3)
     b.add_sample(tick(T0 + 8), sample(T0 + 8, 100.0, 0.0))
