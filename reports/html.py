@@ -15,7 +15,7 @@ import math
 from typing import Any, Callable, Sequence
 
 from reports.aggregate import Report
-from reports.render import EFFICIENCY_NOTE
+from reports.render import EFFICIENCY_NOTE, _money
 
 W, H = 640, 340
 ML, MR, MT, MB = 70, 20, 20, 50
@@ -65,15 +65,24 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
+def _time_ticks(lo: float, hi: float, most: int = 6) -> list[float]:
+    """Ticks on whole UTC hours or days, at most ``most`` of them."""
+    steps = [h * 3600 for h in (1, 2, 3, 6, 12)] + [d * 86400 for d in (1, 2, 7, 14, 28, 56, 91)]
+    step = next((s for s in steps if (hi - lo) / s <= most), steps[-1])
+    first = math.ceil(lo / step) * step
+    return [first + i * step for i in range(int((hi - first) // step) + 1)]
+
+
 def _frame(title: str, xlabel: str, ylabel: str, x: _Axis, y: _Axis,
-           xfmt: Callable[[float], str] = _fmt) -> list[str]:
+           xfmt: Callable[[float], str] = _fmt, xticks: Sequence[float] | None = None) -> list[str]:
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
            f'role="img" aria-label="{_e(title)}">',
            f'<rect x="{ML}" y="{MT}" width="{W - ML - MR}" height="{H - MT - MB}" fill="#fafafa" stroke="#999"/>']
-    for t in x.ticks():
+    for t in (x.ticks() if xticks is None else xticks):
         px = x(t)
+        anchor = "end" if px > W - MR - 30 else "middle"
         out.append(f'<line x1="{px:.1f}" y1="{MT}" x2="{px:.1f}" y2="{H - MB}" stroke="#e4e4e4"/>'
-                   f'<text x="{px:.1f}" y="{H - MB + 16}" text-anchor="middle" class="t">{_e(xfmt(t))}</text>')
+                   f'<text x="{px:.1f}" y="{H - MB + 16}" text-anchor="{anchor}" class="t">{_e(xfmt(t))}</text>')
     for t in y.ticks():
         py = y(t)
         out.append(f'<line x1="{ML}" y1="{py:.1f}" x2="{W - MR}" y2="{py:.1f}" stroke="#e4e4e4"/>'
@@ -97,7 +106,7 @@ def _legend(names: Sequence[str]) -> str:
 def _time_label(span: float) -> Callable[[float], str]:
     from datetime import datetime, timezone
 
-    f = "%m-%d %H:%M" if span <= 3 * 86400 else "%Y-%m-%d"
+    f = "%m-%d %H:00" if span <= 3 * 86400 else "%Y-%m-%d"
     return lambda t: datetime.fromtimestamp(t, timezone.utc).strftime(f)
 
 
@@ -113,7 +122,8 @@ def cost_chart(trend: Report) -> str:
     x = _Axis(min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1, ML, W - MR)
     y = _Axis(0, max(ys) * 1.1 or 1, H - MB, MT)
     out = _frame("cost per Mtok over time", f"time (UTC, per {key})",
-                 f"cost per Mtok ({trend.currency or ''})", x, y, _time_label(max(xs) - min(xs)))
+                 f"cost per Mtok ({trend.currency or ''})", x, y, _time_label(max(xs) - min(xs)),
+                 _time_ticks(min(xs), max(xs)))
     path = " ".join(f"{'M' if i == 0 else 'L'}{x(a):.1f},{y(b):.1f}" for i, (a, b) in enumerate(pts))
     out.append(f'<path d="{path}" fill="none" stroke="{COLOURS[0]}" stroke-width="1.5"/>')
     if len(pts) <= 400:
@@ -214,7 +224,7 @@ def _cell(v: Any, fmt: str) -> str:
     if v is None:
         return "—"
     if fmt == "money":
-        return f"{v / 1e6:,.2f}"
+        return _money(v)
     if fmt == "pct":
         return f"{100 * v:.1f}"
     return fmt.format(v)

@@ -1,0 +1,53 @@
+"""The HTML report: one self-contained page (inline SVG, nothing fetched), and a headless
+Chromium screenshot of it with every network path closed (skipped without chromium)."""
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reports.aggregate import aggregate
+from reports.html import _time_ticks, render_html
+from reports.query import Filters, read_store
+from tests.reports.conftest import DAY, HOUR, MON
+
+
+def test_page_is_self_contained_with_three_charts_and_the_table(fleet):
+    def rep(*by):
+        return aggregate(read_store(fleet, list(by), Filters()), list(by))
+
+    main = rep("model", "device")
+    page = render_html(main, rep("day"), rep("device", "hour"), rep("device", "model"), [],
+                       title="t <&>", since="2026-11-23T00:00:00Z")
+    assert page.startswith("<!DOCTYPE html>") and page.count("<svg") == 3
+    assert "t &lt;&amp;&gt;" in page  # escaped
+    refs = re.findall(r'(?:src|href)\s*=\s*"([^"]*)"', page) + re.findall(r"url\(([^)]*)\)", page)
+    assert refs == [] and "<script" not in page
+    assert "no bench results" in page  # the roofline says why it is empty
+    assert page.count("<circle") >= 4  # cost points and device-hours
+    assert '<td class="n">0.0093</td>' in page  # the total cost, 9,300 micro-units, in USD
+    for model in ("a", "b", "(idle)"):
+        assert f"<td>{model}</td>" in page
+
+
+def test_time_ticks_fall_on_whole_hours_and_days():
+    assert _time_ticks(MON + 10, MON + 5 * HOUR) == [MON + HOUR * i for i in range(1, 6)]
+    ticks = _time_ticks(MON, MON + 30 * DAY)
+    assert all(t % DAY == 0 for t in ticks) and len(ticks) <= 6
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None and shutil.which("chromium-browser") is None,
+                    reason="chromium is not installed (Debian: apt-get install chromium)")
+def test_headless_chromium_renders_the_page_offline(tmp_path):
+    script = Path(__file__).parents[2] / "bench" / "report_screenshot.py"
+    r = subprocess.run([sys.executable, str(script), "--out", str(tmp_path)], capture_output=True,
+                       text=True, timeout=180)
+    assert r.returncode == 0, r.stderr
+    png = (tmp_path / "report.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
+    assert (width, height) == (1400, 1800)
+    assert len(png) > 50_000  # charts and a table, not a blank page
