@@ -132,6 +132,8 @@ def bench(device_id: str | None, quick: bool, as_json: bool, db: str | None, mod
     try:
         notes: list[str] = []
         plans = plan_devices(_select(node.devices, device_id), Sizes.choose(quick, tiny), notes)
+        if not plans:
+            raise click.ClickException("nothing to benchmark: " + "; ".join(notes))
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                       TimeElapsedColumn(), console=err, transient=True) as progress:
             task = progress.add_task("bench", total=sum(len(p.kernels) for p in plans))

@@ -62,6 +62,7 @@ class Measurement:
     work: float
     energy: Energy | None
     check_error: float
+    best: float = 0.0
 
     @property
     def per_joule(self) -> float | None:
@@ -157,5 +158,5 @@ class Runner:
             spread=rate.spread, repeats=rate.repeats, calls=total_calls,
             duration_s=points[-1].t_s - points[0].t_s, work=total_calls * kernel.work_per_call,
             energy=kernel_energy(points) if self.sampler is not None else None,
-            check_error=check_error,
+            check_error=check_error, best=rate.best_per_s,
         )

@@ -44,11 +44,13 @@ def relative_spread(values: Sequence[float]) -> float:
 
 @dataclass(frozen=True)
 class Throughput:
-    """A kernel's rate: the median over repeats, in work units per second, and its spread."""
+    """A kernel's rate: the median over repeats, in work units per second, its spread, and the
+    best repeat (what the device did when nothing else got in the way)."""
 
     median_per_s: float
     spread: float
     repeats: int
+    best_per_s: float = 0.0
 
 
 def throughput(batches: Sequence[tuple[int, float]], work_per_call: float) -> Throughput:
@@ -59,7 +61,7 @@ def throughput(batches: Sequence[tuple[int, float]], work_per_call: float) -> Th
     rates = [calls * work_per_call / seconds for calls, seconds in batches if seconds > 0]
     if not rates:
         raise ValueError("no timed batch with a positive duration")
-    return Throughput(median(rates), relative_spread(rates), len(rates))
+    return Throughput(median(rates), relative_spread(rates), len(rates), max(rates))
 
 
 # -- energy ------------------------------------------------------------------------------------

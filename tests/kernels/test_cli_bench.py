@@ -62,6 +62,12 @@ def test_gpu_node_without_cupy_benchmarks_the_cpu_and_says_why(tmp_path, fake_nv
     assert any("CuPy is not installed" in n for n in doc["notes"])
 
 
+def test_a_gpu_alone_without_cupy_is_an_error_not_an_empty_table(tmp_path, fake_nvml):
+    fake_nvml([h100()])
+    r = CliRunner().invoke(main, ["bench", "--tiny", "--db", str(tmp_path / "m.db"), "--device", "0"])
+    assert r.exit_code != 0 and "nothing to benchmark: GPU kernels skipped: CuPy is not installed" in r.output
+
+
 def test_clear_errors(tmp_path, no_nvml):
     blocker = tmp_path / "file"
     blocker.write_text("")

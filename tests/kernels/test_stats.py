@@ -30,7 +30,7 @@ def test_relative_spread_is_iqr_over_median():
 def test_throughput_is_the_median_rate_of_the_batches():
     # batches of (calls, seconds) with 1e9 FLOP per call: rates 2e9/1=2e9, 4e9/1=4e9, 3e9/1=3e9
     t = throughput([(2, 1.0), (4, 1.0), (3, 1.0)], 1e9)
-    assert t.median_per_s == 3e9 and t.repeats == 3
+    assert t.median_per_s == 3e9 and t.repeats == 3 and t.best_per_s == 4e9
     # q25 = 2.5e9, q75 = 3.5e9 → spread 1e9 / 3e9
     assert t.spread == pytest.approx(1 / 3)
 
