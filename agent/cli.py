@@ -96,6 +96,7 @@ LAZY_COMMANDS.update({
     "agent": "agent.cli_agent:agent_cmd",
     "windows": "agent.cli_agent:windows_cmd",
     "config": "agent.cli_agent:config_group",
+    "outbox": "agent.cli_agent:outbox_group",
     "bench": "agent.cli_bench:bench",
     "probe": "agent.cli_probe:probe",
     "report": "reports.cli:report",

@@ -64,7 +64,9 @@ def _import_sqlite_utils_without_numpy() -> None:
 @click.option("--window", type=int, help="Window length in seconds; must divide an hour (overrides the config).")
 @click.option("--source", "sources", multiple=True, metavar="KIND=URL", help="A token source mapped to all devices, e.g. vllm=http://127.0.0.1:8000/metrics. Repeatable; replaces the config's sources.")
 @click.option("--metrics", "metrics_listen", metavar="HOST:PORT", help="Serve Prometheus metrics of the agent here (off by default).")
-def agent_cmd(config_path, duration, db_path, interval, window, sources, metrics_listen) -> None:
+@click.option("--ship", "ship_url", metavar="URL", help="Ship every window to this CloudEvents sink (a `meter collector` or OpenMeter's /api/v1/events), overriding the config.")
+@click.option("--token-file", "token_file", type=click.Path(dir_okay=False), help="The sink's bearer token (a file of mode 0600), with --ship.")
+def agent_cmd(config_path, duration, db_path, interval, window, sources, metrics_listen, ship_url, token_file) -> None:
     """Meter this node: every interval read the devices and token sources, every window commit
     energy, tokens and cost to the SQLite store. Runs in the foreground (as systemd runs it).
 
@@ -94,6 +96,10 @@ def agent_cmd(config_path, duration, db_path, interval, window, sources, metrics
             overrides["sources"] = tuple(parse_source_flag(s) for s in sources)
         if metrics_listen:
             overrides["metrics_listen"] = _listen("--metrics", metrics_listen)
+        if ship_url:
+            overrides["ship_url"] = ship_url
+        if token_file:
+            overrides["ship_token_file"] = token_file
         config = dataclasses.replace(config, **overrides)
         if config.interval_s > config.window_s:
             raise ConfigError(f"--interval: must not exceed the window ({config.window_s} s)")
@@ -109,12 +115,25 @@ def agent_cmd(config_path, duration, db_path, interval, window, sources, metrics
             raise ConfigError("no --config file to reload")
         return effective(load_config(config_path))
 
+    ship_token = None
+    if config.ship_url:
+        from agent.shipper import ShipError, check_url, read_token_file
+
+        try:
+            check_url(config.ship_url, config.ship_allow_insecure)
+            if not config.ship_token_file:
+                raise ShipError("shipping needs a bearer token: --token-file FILE or [ship] token_file")
+            ship_token = read_token_file(config.ship_token_file)
+        except ShipError as e:
+            raise click.ClickException(str(e)) from None
+
     store = _open_store(None, config)
     node = get_devices()
     stop = threading.Event()
     state = AgentState(currency=config.prices.currency, store_path=str(store.path))
     metrics = None
     agent = None
+    shipper = None
 
     def on_signal(signum, frame):
         if signum == signal.SIGHUP:
@@ -131,6 +150,12 @@ def agent_cmd(config_path, duration, db_path, interval, window, sources, metrics
             except OSError as e:
                 raise click.ClickException(f"--metrics {config.metrics_listen}: cannot listen: {e.strerror}") from None
             log.info("Prometheus metrics on http://%s/metrics", config.metrics_listen)
+        if ship_token is not None:
+            from agent.shipper import ShipperThread
+
+            shipper = ShipperThread(store.path, config.ship_url, ship_token).start()
+            state.outbox_depth = shipper.store_counts
+            log.info("shipping windows to %s", config.ship_url)
         agent = Agent(config, store, node, notifier=Notifier(), state=state, reload_config=reload_config)
         log.info("metering %d device(s) into %s every %g s, windows of %d s",
                  len(node.devices), store.path, config.interval_s, config.window_s)
@@ -142,6 +167,8 @@ def agent_cmd(config_path, duration, db_path, interval, window, sources, metrics
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        if shipper is not None:
+            shipper.close()
         if metrics is not None:
             metrics.close()
         node.close()
@@ -236,3 +263,57 @@ def config_check(path, as_json) -> None:
         click.echo(json.dumps(dataclasses.asdict(config), default=str))
     else:
         click.echo(f"{path}: ok ({len(config.sources)} token source(s), window {config.window_s} s, {config.hash()})")
+
+
+@click.group("outbox", invoke_without_command=True)
+@click.option("--db", "db_path", type=click.Path(dir_okay=False), help="SQLite store (default: the agent's).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@click.pass_context
+def outbox_group(ctx, db_path, as_json) -> None:
+    """What is waiting to ship, and what a sink refused and why."""
+    ctx.ensure_object(dict)
+    ctx.obj["db"] = db_path
+    if ctx.invoked_subcommand is not None:
+        return
+    store = _existing_store(db_path)
+    try:
+        pending, quarantined = store.outbox_counts()
+        oldest = store.pending_windows(1)
+        rows = store.quarantined()
+    finally:
+        store.close()
+    doc = {
+        "pending": pending,
+        "oldest_pending": iso(oldest[0]["start"]) if oldest else None,
+        "quarantined": [{"id": r["id"], "device": r["device"], "start": iso(r["start"]),
+                         "event_id": r["event_id"], "reason": r["quarantine_reason"]} for r in rows],
+    }
+    if as_json:
+        click.echo(json.dumps(doc))
+        return
+    click.echo(f"{pending} window(s) waiting to ship" + (f", the oldest from {doc['oldest_pending']}" if oldest else ""))
+    click.echo(f"{quarantined} quarantined" + (": `meter outbox retry` sends them again once the sink is fixed" if rows else ""))
+    for q in doc["quarantined"]:
+        click.echo(f"  #{q['id']} {q['device']} {q['start']}: {q['reason']}")
+
+
+@outbox_group.command("retry")
+@click.argument("ids", nargs=-1, type=int)
+@click.pass_context
+def outbox_retry(ctx, ids) -> None:
+    """Put quarantined windows (all, or these ids) back in the outbox; the agent sends them again."""
+    store = _existing_store(ctx.obj.get("db"))
+    try:
+        n = store.retry_quarantined(list(ids) if ids else None)
+    finally:
+        store.close()
+    click.echo(f"{n} window(s) back in the outbox")
+
+
+def _existing_store(db_path):
+    from agent.store import default_db_path
+
+    p = Path(db_path) if db_path else default_db_path()
+    if not p.exists():
+        raise click.ClickException(f"{p}: no store here (run `meter agent`, or give --db)")
+    return _open_store(str(p))

@@ -82,6 +82,7 @@ class Config:
     interval_s: float = 1.0
     window_s: int = 60
     samples_retention_days: float = 7.0
+    store_budget_mb: float | None = None  # None: no bound
     prices: Prices = field(default_factory=Prices)
     sources: tuple[SourceConfig, ...] = ()
     push_listen: str | None = None
@@ -200,6 +201,7 @@ _TOP = {
     "interval_s": ("interval_s", _at_least(0.05)),
     "window_s": ("window_s", _window),
     "samples_retention_days": ("samples_retention_days", _at_least(0, inclusive=False)),
+    "store_budget_mb": ("store_budget_mb", _at_least(1)),
 }
 _PRICES = {
     "currency": ("currency", _string),
@@ -323,6 +325,8 @@ EXAMPLE = '''\
 interval_s = 1.0                      # how often every probe is read
 window_s = 60                         # the billed window; must divide an hour (1 for tests)
 samples_retention_days = 7            # raw samples are pruned after this; windows are kept
+# store_budget_mb = 512               # bound the store: raw samples go first, then windows a sink
+#                                     # has acknowledged (rollups stay); unshipped windows never
 
 [prices]
 currency = "USD"
@@ -358,7 +362,9 @@ tariff_timezone = "UTC"
 # [metrics]
 # listen = "127.0.0.1:9464"           # Prometheus endpoint of the agent (off by default)
 
-# [ship]
-# url = "https://billing.example.internal/api/v1/events"
-# token_file = "/etc/meterd/token"    # must not be readable by group or others
+# [ship]                              # send every window, exactly once, to a collector or any
+#                                     # CloudEvents sink that takes OpenMeter's ingest format
+# url = "https://collector.internal:8650/api/v1/events"
+# token_file = "${CREDENTIALS_DIRECTORY}/ship-token"   # must not be readable by group or others
+# allow_insecure = false              # plain http is refused unless loopback or this is true
 '''

@@ -39,9 +39,10 @@ from probes.tokens import TokenSource
 log = logging.getLogger(__name__)
 
 SAMPLES_PRUNE_EVERY_S = 3600.0
+BUDGET_CHECK_EVERY_S = 60.0
 SAMPLES_FLUSH_EVERY_S = 10.0  # raw samples are not billed: batch them to spare fsyncs
 # Changing these needs a restart; a reload keeps the running values and says so.
-RESTART_KEYS = ("node", "store", "interval_s", "window_s", "push_listen", "metrics_listen",
+RESTART_KEYS = ("node", "store", "interval_s", "window_s", "push_listen", "metrics_listen", "store_budget_mb",
                 "ship_url", "ship_token_file", "ship_allow_insecure")
 
 
@@ -116,6 +117,7 @@ class Agent:
         self.reload_config = reload_config
         self._reload_requested = threading.Event()
         self._pending: Config | None = None
+        self._over_budget = False
         self._sample_rows: list[dict[str, Any]] = []
         self._next_flush = clocks.mono() + SAMPLES_FLUSH_EVERY_S
         self.health = ProbeHealth()
@@ -206,7 +208,8 @@ class Agent:
                 self.notifier.maybe_ping()
                 if self.clocks.mono() >= next_prune:
                     self._prune(tick.wall)
-                    next_prune = self.clocks.mono() + SAMPLES_PRUNE_EVERY_S
+                    next_prune = self.clocks.mono() + (
+                        BUDGET_CHECK_EVERY_S if self.config.store_budget_mb else SAMPLES_PRUNE_EVERY_S)
                 if should_stop():
                     break
             else:
@@ -234,6 +237,17 @@ class Agent:
         n = self.store.prune_samples(now - self.config.samples_retention_days * 86400)
         if n:
             log.info("pruned %d raw samples older than %g days", n, self.config.samples_retention_days)
+        if self.config.store_budget_mb:
+            budget = int(self.config.store_budget_mb * 1024 * 1024)
+            dropped = self.store.enforce_budget(budget)
+            if any(dropped.values()):
+                log.info("store budget %g MB: dropped %d raw samples and %d shipped windows",
+                         self.config.store_budget_mb, dropped["samples"], dropped["windows"])
+            over = self.store.used_bytes() > budget
+            if over and not self._over_budget:
+                log.warning("store is over its %g MB budget with unshipped windows only: they are kept",
+                            self.config.store_budget_mb)
+            self._over_budget = over
 
     # -- one round ------------------------------------------------------------------------------
 

@@ -245,6 +245,84 @@ class Store:
             sql += f" LIMIT {int(limit)}"
         return list(self.db.query(sql, args))
 
+    # -- the outbox -----------------------------------------------------------------------------
+
+    def pending_windows(self, limit: int) -> list[dict[str, Any]]:
+        """The oldest windows not yet acknowledged by a sink, quarantined ones left out."""
+        return list(self.db.query(
+            "SELECT * FROM windows WHERE shipped_at IS NULL AND quarantine_reason IS NULL"
+            " ORDER BY id LIMIT ?", [limit]))
+
+    def mark_shipped(self, ids: list[int], at: float) -> None:
+        with self.transaction() as c:
+            c.executemany("UPDATE windows SET shipped_at = ? WHERE id = ?", [(at, i) for i in ids])
+
+    def quarantine(self, ids: list[int], reason: str) -> int:
+        with self.transaction() as c:
+            c.executemany("UPDATE windows SET quarantine_reason = ? WHERE id = ? AND shipped_at IS NULL",
+                          [(reason, i) for i in ids])
+        return len(ids)
+
+    def outbox_counts(self) -> tuple[int, int]:
+        """(pending, quarantined) windows."""
+        row = self.conn.execute(
+            "SELECT count(*) FILTER (WHERE quarantine_reason IS NULL),"
+            " count(*) FILTER (WHERE quarantine_reason IS NOT NULL)"
+            " FROM windows WHERE shipped_at IS NULL").fetchone()
+        return row[0], row[1]
+
+    def quarantined(self) -> list[dict[str, Any]]:
+        return list(self.db.query(
+            "SELECT id, node, device, start, end, event_id, quarantine_reason FROM windows"
+            " WHERE shipped_at IS NULL AND quarantine_reason IS NOT NULL ORDER BY id"))
+
+    def retry_quarantined(self, ids: list[int] | None = None) -> int:
+        """Put quarantined windows back in the outbox (all, or these ids)."""
+        with self.transaction() as c:
+            if ids is None:
+                return c.execute("UPDATE windows SET quarantine_reason = NULL"
+                                 " WHERE quarantine_reason IS NOT NULL AND shipped_at IS NULL").rowcount
+            return sum(c.execute("UPDATE windows SET quarantine_reason = NULL WHERE id = ?"
+                                 " AND quarantine_reason IS NOT NULL AND shipped_at IS NULL", [i]).rowcount
+                       for i in ids)
+
+    def used_bytes(self) -> int:
+        """Bytes the database uses (pages not on the free list), WAL included."""
+        pages = self.conn.execute("PRAGMA page_count").fetchone()[0]
+        free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+        size = self.conn.execute("PRAGMA page_size").fetchone()[0]
+        try:
+            wal = os.path.getsize(str(self.path) + "-wal")
+        except OSError:
+            wal = 0
+        return (pages - free) * size + wal
+
+    def enforce_budget(self, max_bytes: int, chunk: int = 5000) -> dict[str, int]:
+        """Keep the store under ``max_bytes``: the oldest raw samples go first, then the oldest
+        windows a sink has acknowledged (their hourly and daily rollups stay). An unshipped
+        window is never dropped."""
+        dropped = {"samples": 0, "windows": 0}
+        self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        while self.used_bytes() > max_bytes:
+            with self.transaction() as c:
+                n = c.execute("DELETE FROM samples WHERE id IN (SELECT id FROM samples ORDER BY id LIMIT ?)",
+                              [chunk]).rowcount
+            dropped["samples"] += n
+            if n == 0:
+                break
+        while self.used_bytes() > max_bytes:
+            with self.transaction() as c:
+                ids = [r[0] for r in c.execute(
+                    "SELECT id FROM windows WHERE shipped_at IS NOT NULL ORDER BY id LIMIT ?", [chunk])]
+                if not ids:
+                    break
+                marks = ",".join("?" * len(ids))
+                c.execute(f"DELETE FROM window_usage WHERE window_id IN ({marks})", ids)
+                c.execute(f"DELETE FROM windows WHERE id IN ({marks})", ids)
+            dropped["windows"] += len(ids)
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return dropped
+
     def usage_of(self, window_id: int) -> list[dict[str, Any]]:
         return list(self.db.query(
             "SELECT * FROM window_usage WHERE window_id = ? ORDER BY model, tenant", [window_id]))

@@ -1,0 +1,276 @@
+"""The shipper: committed windows are the outbox; each is sent as a CloudEvent, in batches, until
+a sink acknowledges it. At least once from here; the sink deduplicates by (source, id): together,
+exactly once.
+
+- A batch is bounded in events and bytes. Event ids were fixed when the window was committed.
+- 2xx: the batch is marked shipped. Network errors, 5xx, 408 and 429: retried with exponential
+  backoff and full jitter, honouring Retry-After. 413: the batch is halved. Other 4xx: a batch of
+  several is split so that only the events the sink refuses are quarantined, with its reason
+  (`meter outbox` shows them; `meter outbox retry` sends them again after a fix); an auth or
+  routing refusal (401, 403, 404, 405, 415) quarantines the batch as it is.
+- HTTPS by default: plain http is refused unless the host is loopback or ``allow_insecure``.
+- The bearer token comes from a file that must not be readable by group or others.
+
+The shipper has its own SQLite connection and thread; the sampling loop never waits for it.
+The HTTP transport is injectable (httpx's seam), so tests can play any sink.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import random
+import stat
+import threading
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlsplit
+
+import httpx
+
+from agent.events import BATCH_CONTENT_TYPE, window_event
+from agent.store import Store
+from probes.errors import MeterError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_EVENTS = 500
+DEFAULT_MAX_BYTES = 2 * 1024 * 1024
+BACKOFF_BASE_S = 1.0
+BACKOFF_CAP_S = 300.0
+RETRYABLE = {408, 429}
+BATCH_REFUSALS = {401, 403, 404, 405, 415}
+
+
+class ShipError(MeterError):
+    """The shipping setup cannot be used (URL, token file)."""
+
+
+def check_url(url: str, allow_insecure: bool = False) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ShipError(f"ship url {url!r}: expected https://HOST[:PORT]/api/v1/events")
+    if parts.scheme == "http" and not allow_insecure and not _is_loopback(parts.hostname):
+        raise ShipError(f"ship url {url!r}: plain http to a non-loopback host is refused; use https, "
+                        "or set [ship] allow_insecure = true")
+    return url
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def read_token_file(path: str) -> str:
+    """The bearer token from ``path`` (``${CREDENTIALS_DIRECTORY}`` and ``~`` expanded), which
+    must be a regular file not readable or writable by group or others."""
+    p = Path(os.path.expanduser(os.path.expandvars(path)))
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        raise ShipError(f"token file {p}: not found") from None
+    except OSError as e:
+        raise ShipError(f"token file {p}: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ShipError(f"token file {p}: not a regular file")
+    if st.st_mode & 0o077:
+        raise ShipError(f"token file {p} is accessible to group or others (mode {stat.S_IMODE(st.st_mode):04o}): "
+                        f"run chmod 600 {p}")
+    token = p.read_text().strip()
+    if not token or any(c.isspace() for c in token):
+        raise ShipError(f"token file {p}: expected one token on one line")
+    return token
+
+
+def backoff_s(attempt: int, rng: random.Random, base: float = BACKOFF_BASE_S, cap: float = BACKOFF_CAP_S) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base·2^attempt)]."""
+    return rng.uniform(0, min(cap, base * 2 ** min(attempt, 30)))
+
+
+def retry_after_s(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delay-seconds or an HTTP date)."""
+    if not value:
+        return None
+    v = value.strip()
+    if v.isdigit():
+        return float(v)
+    try:
+        return max(0.0, parsedate_to_datetime(v).timestamp() - now)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+@dataclass
+class Outcome:
+    """What one shipping attempt did. ``wait_s`` > 0: back off before the next attempt."""
+
+    sent: int = 0
+    acked: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    wait_s: float = 0.0
+    error: str | None = None
+    idle: bool = False
+
+
+class Shipper:
+    def __init__(self, store: Store, url: str, token: str, *, transport: httpx.BaseTransport | None = None,
+                 max_events: int = DEFAULT_MAX_EVENTS, max_bytes: int = DEFAULT_MAX_BYTES,
+                 timeout_s: float = 10.0, rng: random.Random | None = None,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.url = url
+        self.max_events = max_events
+        self.batch_limit = max_events
+        self.max_bytes = max_bytes
+        self.rng = rng or random.Random()
+        self.wall = wall
+        self.failures = 0
+        self.last_error: str | None = None
+        self.client = httpx.Client(transport=transport, timeout=timeout_s, headers={
+            "Authorization": f"Bearer {token}", "Content-Type": BATCH_CONTENT_TYPE,
+            "User-Agent": "meterd-shipper"})
+
+    def close(self) -> None:
+        self.client.close()
+
+    # -- one attempt ------------------------------------------------------------------------------
+
+    def ship_once(self) -> Outcome:
+        rows = self.store.pending_windows(self.batch_limit)
+        if not rows:
+            return Outcome(idle=True)
+        batch = self._fit(rows)
+        return self._send(batch)
+
+    def _fit(self, rows: list[dict]) -> list[tuple[int, bytes]]:
+        """(window id, event JSON) for as many windows as fit the byte bound (at least one)."""
+        out, size = [], 2
+        for w in rows:
+            body = json.dumps(window_event(w, self.store.usage_of(w["id"])), separators=(",", ":")).encode()
+            if out and size + len(body) + 1 > self.max_bytes:
+                break
+            out.append((w["id"], body))
+            size += len(body) + 1
+        return out
+
+    def _post(self, batch: list[tuple[int, bytes]]) -> httpx.Response:
+        return self.client.post(self.url, content=b"[" + b",".join(b for _, b in batch) + b"]")
+
+    def _send(self, batch: list[tuple[int, bytes]]) -> Outcome:
+        ids = [i for i, _ in batch]
+        try:
+            r = self._post(batch)
+        except httpx.HTTPError as e:
+            return self._retry(f"{type(e).__name__}: {e}", None, len(batch))
+        if r.is_success:
+            self.store.mark_shipped(ids, self.wall())
+            self.failures = 0
+            self.last_error = None
+            self.batch_limit = min(self.max_events, self.batch_limit * 2)
+            dup = _duplicates(r)
+            return Outcome(sent=len(batch), acked=len(batch), duplicates=dup)
+        reason = _reason(r)
+        if r.status_code >= 500 or r.status_code in RETRYABLE:
+            return self._retry(reason, r.headers.get("Retry-After"), len(batch))
+        if r.status_code == 413 and len(batch) > 1:
+            self.batch_limit = max(1, len(batch) // 2)
+            log.warning("sink refused a batch of %d as too large: next batches hold %d", len(batch), self.batch_limit)
+            return Outcome(sent=len(batch), error=reason)
+        if r.status_code in BATCH_REFUSALS or len(batch) == 1:
+            n = self.store.quarantine(ids, reason)
+            log.error("sink refused %d window(s), quarantined (`meter outbox`): %s", n, reason)
+            return Outcome(sent=len(batch), quarantined=n, error=reason)
+        # A 4xx about the contents of a batch: find out which events, one by one.
+        out = Outcome(sent=len(batch), error=reason)
+        for one in batch:
+            o = self._send([one])
+            out.acked += o.acked
+            out.duplicates += o.duplicates
+            out.quarantined += o.quarantined
+            if o.wait_s:
+                out.wait_s = o.wait_s
+                break
+        return out
+
+    def _retry(self, reason: str, retry_after: str | None, n: int) -> Outcome:
+        wait = backoff_s(self.failures, self.rng)
+        ra = retry_after_s(retry_after, self.wall())
+        if ra is not None:
+            wait = min(max(wait, ra), BACKOFF_CAP_S * 4)
+        self.failures += 1
+        if reason != self.last_error:
+            log.warning("shipping %d window(s) failed, retrying with backoff: %s", n, reason)
+            self.last_error = reason
+        return Outcome(sent=n, wait_s=wait, error=reason)
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, poll_s: float = 2.0) -> None:
+        """Ship until ``stop`` is set: drain the backlog, then look again every ``poll_s``."""
+        while not stop.is_set():
+            try:
+                o = self.ship_once()
+            except Exception as e:  # a bug or a broken store must not kill the agent silently
+                log.exception("shipper: unexpected error: %s", e)
+                o = Outcome(wait_s=backoff_s(self.failures, self.rng))
+                self.failures += 1
+            if o.wait_s:
+                stop.wait(o.wait_s)
+            elif o.idle:
+                stop.wait(poll_s)
+
+
+def _duplicates(r: httpx.Response) -> int:
+    try:
+        body = r.json()
+        return int(body.get("duplicates", 0)) if isinstance(body, dict) else 0
+    except (ValueError, TypeError):
+        return 0  # OpenMeter answers 204 with no body
+
+
+def _reason(r: httpx.Response) -> str:
+    text = r.text.strip().replace("\n", " ")
+    return f"HTTP {r.status_code}: {text[:500]}" if text else f"HTTP {r.status_code} {r.reason_phrase}"
+
+
+class ShipperThread:
+    """The shipper on its own thread, with its own store connection."""
+
+    def __init__(self, store_path: str | os.PathLike, url: str, token: str, **kw) -> None:
+        self.store = Store(store_path)
+        self.shipper = Shipper(self.store, url, token, **kw)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="shipper", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.shipper.run(self.stop)
+        finally:
+            self.shipper.close()
+            self.store.close()
+
+    def store_counts(self) -> tuple[int, int]:
+        """(pending, quarantined), read on the caller's thread through its own connection."""
+        s = Store(self.store.path)
+        try:
+            return s.outbox_counts()
+        finally:
+            s.close()
+
+    def start(self) -> "ShipperThread":
+        self.thread.start()
+        return self
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        self.stop.set()
+        self.thread.join(timeout_s)
