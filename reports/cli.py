@@ -102,18 +102,27 @@ def report(db, collector, token_file, since, until, by, node, device, model, ten
                "until": iso(f.until) if f.until is not None else None,
                "source": collector or "local store"}
     if fmt == "table":
-        from reports.render import render_table
         from agent.ui import console
+        from reports.render import render_table
+
+        from rich.console import Console
+        from rich.measure import Measurement
 
         title = f"meter report by {', '.join(keys)}" + (f" ({context['since'] or '…'} → {context['until'] or 'now'})"
                                                          if since or until else "")
+        table = render_table(rep, title=title)
+        con = console()
+        need = Measurement.get(con, con.options.update(max_width=1000), table).maximum
         if output:
-            from rich.console import Console
-
             with open(output, "w") as fh:
-                Console(file=fh, width=200).print(render_table(rep, title=title))
+                Console(file=fh, width=need).print(table)
+        elif not con.is_terminal:
+            Console(width=max(need, con.width)).print(table)
         else:
-            console().print(render_table(rep, title=title))
+            con.print(table)
+            if need > con.width:
+                click.echo(f"(the table needs {need} columns: widen the terminal, or use --format "
+                           "csv or json for every figure)", err=True)
         return
     if fmt == "html":
         from reports.html import render_html

@@ -234,7 +234,7 @@ def _table(report: Report) -> str:
     head = "".join(f"<th>{_e(k)}</th>" for k in report.by) + "".join(f"<th>{_e(h)}</th>" for _, h, _ in _COLS)
     body = []
     for r in report.rows:
-        body.append("<tr>" + "".join(f"<td>{_e(r[k] or '—')}</td>" for k in report.by)
+        body.append("<tr>" + "".join(f"<td>{_e(r[k] if r[k] != '' else '(none)')}</td>" for k in report.by)
                     + "".join(f'<td class="n">{_e(_cell(r[k], f))}</td>' for k, _, f in _COLS) + "</tr>")
     t = report.totals
     body.append('<tr class="total"><td>total</td>' + "<td></td>" * (len(report.by) - 1)

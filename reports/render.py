@@ -9,6 +9,7 @@ import io
 import json
 from typing import Any
 
+from rich import box
 from rich.table import Table
 
 from reports.aggregate import Report
@@ -65,9 +66,10 @@ def render_csv(report: Report) -> str:
 
 
 def _money(micro: int | None) -> str:
+    """Currency units: cents from one unit up, four decimals below (a minute costs fractions)."""
     if micro is None:
         return "—"
-    return f"{micro / 1e6:,.2f}" if abs(micro) >= 1_000_000_000 else f"{micro / 1e6:,.4f}"
+    return f"{micro / 1e6:,.2f}" if abs(micro) >= 1_000_000 else f"{micro / 1e6:,.4f}"
 
 
 def _num(v: float | None, digits: int, scale: float = 1.0) -> str:
@@ -75,6 +77,11 @@ def _num(v: float | None, digits: int, scale: float = 1.0) -> str:
 
 
 def _count(n: int) -> str:
+    """Token counts for people: exact below ten thousand, else k, M, B with four figures."""
+    for div, suffix in ((1e9, "B"), (1e6, "M"), (1e4, "k")):
+        if abs(n) >= div:
+            v = n / div if suffix != "k" else n / 1e3
+            return f"{v:,.4g}{suffix}" if v < 1000 else f"{v:,.0f}{suffix}"
     return f"{n:,}"
 
 
@@ -82,16 +89,20 @@ def render_table(report: Report, *, title: str = "") -> Table:
     """The terminal view: tokens, energy, the cost split, cost per Mtok (total, prompt,
     completion), J/token, utilization, idle share, and capacity beside realized."""
     cur = report.currency or ""
-    t = Table(title=title or None, caption=f"money in {cur}; in/out = prompt/completion tokens; {EFFICIENCY_NOTE}", caption_justify="left")
+    t = Table(title=title or None, caption=f"money in {cur}; in/out = prompt/completion tokens; {EFFICIENCY_NOTE}",
+              caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for k in report.by:
-        t.add_column(k, no_wrap=True)
+        # Keys are never cut: a truncated model name is a wrong answer.
+        longest = max([len(_label(r[k])) for r in report.rows] + [len(k), 5])
+        t.add_column(k, no_wrap=True, min_width=min(longest, 48))
     for col in ("prompt", "compl.", "kWh", "capex", "energy", "opex", "cost", "/Mtok",
                 "in/Mtok", "out/Mtok", "J/tok", "util%", "idle%", "cap/Mtok", "real÷cap"):
         t.add_column(col, justify="right", no_wrap=True)
 
     def cells(r: dict[str, Any]) -> list[str]:
         return [
-            _count(r["prompt_tokens"]), _count(r["completion_tokens"]), _num(r["energy_kwh"], 3),
+            _count(r["prompt_tokens"]), _count(r["completion_tokens"]),
+            _num(r["energy_kwh"], 2 if (r["energy_kwh"] or 0) >= 10 else 3),
             _money(r["cost_capex_micro"]), _money(r["cost_energy_micro"]), _money(r["cost_opex_micro"]),
             _money(r["cost_micro"]), _num(r["cost_per_mtok"], 4), _num(r["cost_per_mtok_prompt"], 4),
             _num(r["cost_per_mtok_completion"], 4), _num(r["j_per_token"], 3), _num(r["util_pct"], 1),
@@ -108,5 +119,5 @@ def render_table(report: Report, *, title: str = "") -> Table:
 
 def _label(v: Any) -> str:
     if v == "":
-        return "—"
+        return "(none)"  # e.g. requests that named no tenant
     return str(v).replace(":00:00Z", ":00Z")

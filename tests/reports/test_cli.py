@@ -60,6 +60,11 @@ def test_output_file_and_html(db, tmp_path):
     out = tmp_path / "r.json"
     assert meter("--db", db, "--format", "json", "--by", "day", "-o", str(out)).exit_code == 0
     assert json.loads(out.read_text())["totals"]["cost_micro"] == 9300
+    table = tmp_path / "r.txt"
+    assert meter("--db", db, "--by", "tenant", "-o", str(table)).exit_code == 0
+    lines = table.read_text().splitlines()
+    assert any(line.split()[:1] == ["(none)"] for line in lines)  # the requests that named no tenant
+    assert any(line.split()[:2] == ["total", "4,000"] for line in lines)
     page = tmp_path / "r.html"
     r = meter("--db", db, "--format", "html", "--output", str(page))
     assert r.exit_code == 0, r.output
