@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from agent import __version__
 from kernels.base import KernelError
 from kernels.prices import DEFAULT_PRICES
 from kernels.roofline import DEFAULT_BATCH, DEFAULT_CONTEXT_TOKENS, all_profiles
@@ -143,7 +144,7 @@ def bench(device_id: str | None, quick: bool, as_json: bool, db: str | None, mod
 
             at = time.time()
             rows = run_plans(plans, runner_options(quick, tiny), on_progress)
-        versions = library_versions([p.facts for p in plans], node.gpus.driver_version())
+        versions = {"meterd": __version__, **library_versions([p.facts for p in plans], node.gpus.driver_version())}
         store.save_bench(uuid.uuid4().hex, socket.gethostname(), at, rows, versions)
     except KernelError as e:
         raise click.ClickException(str(e)) from e

@@ -101,10 +101,10 @@ class Runner:
     def _point(self) -> PowerPoint:
         if self.sampler is None:
             return to_point(self.clock(), None)
-        # A sample reads several fields; stamp it with the middle of the time it took.
-        before = self.clock()
+        # Stamped when the sample returns: both NVML's energy counter and RAPL are read last
+        # (and a CPU sample may first sleep until its utilization interval has passed).
         sample = self.sampler()
-        return to_point((before + self.clock()) / 2, sample)
+        return to_point(self.clock(), sample)
 
     def measure(self, kernel: Kernel) -> Measurement:
         """Check, warm up and time ``kernel``. Raises KernelIncorrect (and reports nothing) when
@@ -147,7 +147,11 @@ class Runner:
         while self.clock() - start < opts.min_duration_s or len(batches) < opts.min_repeats:
             batches.append((calls, kernel.timer.time_calls(kernel.run, i, calls)))
             i += calls
-            if self.sampler is not None and self.clock() - last_sample >= interval_s:
+            elapsed = self.clock() - start
+            # No sample in the last interval: the final one must not wait on it (a CPU sample
+            # sleeps until 0.1 s after the previous one), or idle time would enter the energy.
+            if (self.sampler is not None and self.clock() - last_sample >= interval_s
+                    and elapsed + interval_s <= opts.min_duration_s):
                 points.append(self._point())
                 last_sample = self.clock()
         points.append(self._point())

@@ -193,16 +193,15 @@ def _display(micro: int | None) -> float | None:
 
 
 def library_versions(facts: list[Mapping[str, Any]], driver: str | None) -> dict[str, Any]:
-    """Versions stored with a run: meterd, Python, NumPy and its BLAS, CuPy/CUDA/cuBLAS, driver."""
-    from agent import __version__
-
+    """Versions stored with a run: Python, NumPy and its BLAS, CuPy/CUDA/cuBLAS, the driver
+    (the caller adds its own version)."""
     blas: dict[str, Any] = {}
     try:
         blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
     except Exception:  # older NumPy or an unusual build: the version string is enough
         pass
     out: dict[str, Any] = {
-        "meterd": __version__, "python": platform.python_version(), "numpy": np.__version__,
+        "python": platform.python_version(), "numpy": np.__version__,
         "blas": " ".join(str(blas.get(k, "")) for k in ("name", "version")).strip() or None,
         "nvidia_driver": driver,
     }

@@ -95,8 +95,10 @@ def test_energy_integrated_when_the_counter_resets_mid_run(fake_nvml, clock):
         samples.append(s)
         return s
 
-    m = Runner(RunnerOptions(min_duration_s=1.0, warmup_s=0.1), clock=clock, sampler=sampler).measure(k)
-    assert len(samples) >= 3
+    # counter present: samples at least 5 × 0.1 s apart between batches of 0.22 s, none in the
+    # last 0.5 s: start, 0.66 s, 1.32 s (the counter has restarted), end
+    m = Runner(RunnerOptions(min_duration_s=2.2, warmup_s=0.1), clock=clock, sampler=sampler).measure(k)
+    assert len(samples) == 4
     assert m.energy.source == "integrated"
     assert m.energy.watts == pytest.approx(200.0)
 
