@@ -153,7 +153,8 @@ def agent_cmd(config_path, duration, db_path, interval, window, sources, metrics
         if ship_token is not None:
             from agent.shipper import ShipperThread
 
-            shipper = ShipperThread(store.path, config.ship_url, ship_token).start()
+            shipper = ShipperThread(store.path, config.ship_url, ship_token,
+                                    backoff_cap_s=config.ship_backoff_cap_s).start()
             state.outbox_depth = shipper.store_counts
             log.info("shipping windows to %s", config.ship_url)
         agent = Agent(config, store, node, notifier=Notifier(), state=state, reload_config=reload_config)

@@ -90,6 +90,7 @@ class Config:
     ship_url: str | None = None
     ship_token_file: str | None = None
     ship_allow_insecure: bool = False
+    ship_backoff_cap_s: float = 300.0
 
     def hash(self) -> str:
         """A short stable digest of the config, stamped on every window."""
@@ -237,12 +238,14 @@ def parse_config(doc: dict[str, Any]) -> Config:
     extra: dict[str, Any] = {}
     for section, keys in (("push", {"listen": "push_listen"}), ("metrics", {"listen": "metrics_listen"}),
                           ("ship", {"url": "ship_url", "token_file": "ship_token_file",
-                                    "allow_insecure": "ship_allow_insecure"})):
+                                    "allow_insecure": "ship_allow_insecure",
+                                    "backoff_cap_s": "ship_backoff_cap_s"})):
         table = _table(section, doc.get(section, {}))
         _check_keys(section, table, keys)
         for k, attr in keys.items():
             if k in table:
-                check = _bool if k == "allow_insecure" else _listen if k == "listen" else _string
+                check = (_bool if k == "allow_insecure" else _listen if k == "listen"
+                         else _at_least(0.1) if k == "backoff_cap_s" else _string)
                 extra[attr] = check(f"{section}.{k}", table[k])
     return Config(**top, prices=Prices(**prices), sources=sources, **extra)
 
@@ -367,4 +370,5 @@ tariff_timezone = "UTC"
 # url = "https://collector.internal:8650/api/v1/events"
 # token_file = "${CREDENTIALS_DIRECTORY}/ship-token"   # must not be readable by group or others
 # allow_insecure = false              # plain http is refused unless loopback or this is true
+# backoff_cap_s = 300                 # longest wait between retries while the sink is down
 '''

@@ -42,7 +42,7 @@ SAMPLES_PRUNE_EVERY_S = 3600.0
 BUDGET_CHECK_EVERY_S = 60.0
 SAMPLES_FLUSH_EVERY_S = 10.0  # raw samples are not billed: batch them to spare fsyncs
 # Changing these needs a restart; a reload keeps the running values and says so.
-RESTART_KEYS = ("node", "store", "interval_s", "window_s", "push_listen", "metrics_listen", "store_budget_mb",
+RESTART_KEYS = ("node", "store", "interval_s", "window_s", "push_listen", "metrics_listen", "store_budget_mb", "ship_backoff_cap_s",
                 "ship_url", "ship_token_file", "ship_allow_insecure")
 
 

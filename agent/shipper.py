@@ -126,7 +126,7 @@ class Shipper:
     def __init__(self, store: Store, url: str, token: str, *, transport: httpx.BaseTransport | None = None,
                  max_events: int = DEFAULT_MAX_EVENTS, max_bytes: int = DEFAULT_MAX_BYTES,
                  timeout_s: float = 10.0, rng: random.Random | None = None,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time, backoff_cap_s: float = BACKOFF_CAP_S) -> None:
         self.store = store
         self.url = url
         self.max_events = max_events
@@ -135,6 +135,7 @@ class Shipper:
         self.rng = rng or random.Random()
         self.wall = wall
         self.failures = 0
+        self.backoff_cap_s = backoff_cap_s
         self.last_error: str | None = None
         self.client = httpx.Client(transport=transport, timeout=timeout_s, headers={
             "Authorization": f"Bearer {token}", "Content-Type": BATCH_CONTENT_TYPE,
@@ -203,10 +204,10 @@ class Shipper:
         return out
 
     def _retry(self, reason: str, retry_after: str | None, n: int) -> Outcome:
-        wait = backoff_s(self.failures, self.rng)
+        wait = backoff_s(self.failures, self.rng, cap=self.backoff_cap_s)
         ra = retry_after_s(retry_after, self.wall())
         if ra is not None:
-            wait = min(max(wait, ra), BACKOFF_CAP_S * 4)
+            wait = min(max(wait, ra), self.backoff_cap_s * 4)
         self.failures += 1
         if reason != self.last_error:
             log.warning("shipping %d window(s) failed, retrying with backoff: %s", n, reason)
@@ -244,24 +245,31 @@ def _reason(r: httpx.Response) -> str:
 
 
 class ShipperThread:
-    """The shipper on its own thread, with its own store connection."""
+    """The shipper on its own thread, with its own store connection (made on that thread:
+    SQLite connections stay on the thread that opened them)."""
 
     def __init__(self, store_path: str | os.PathLike, url: str, token: str, **kw) -> None:
-        self.store = Store(store_path)
-        self.shipper = Shipper(self.store, url, token, **kw)
+        self.store_path = store_path
+        self.url = url
+        self._token = token
+        self._kw = kw
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="shipper", daemon=True)
 
+    def _shipper(self, **overrides) -> Shipper:
+        return Shipper(Store(self.store_path), self.url, self._token, **(self._kw | overrides))
+
     def _run(self) -> None:
+        shipper = self._shipper()
         try:
-            self.shipper.run(self.stop)
+            shipper.run(self.stop)
         finally:
-            self.shipper.close()
-            self.store.close()
+            shipper.close()
+            shipper.store.close()
 
     def store_counts(self) -> tuple[int, int]:
         """(pending, quarantined), read on the caller's thread through its own connection."""
-        s = Store(self.store.path)
+        s = Store(self.store_path)
         try:
             return s.outbox_counts()
         finally:
@@ -271,6 +279,20 @@ class ShipperThread:
         self.thread.start()
         return self
 
-    def close(self, timeout_s: float = 5.0) -> None:
+    def close(self, flush_s: float = 3.0, timeout_s: float = 5.0) -> None:
+        """Stop the loop, then try for at most ``flush_s`` to ship what is left (the windows
+        closed at shutdown); whatever does not go stays in the outbox for the next start."""
         self.stop.set()
         self.thread.join(timeout_s)
+        if self.thread.is_alive() or flush_s <= 0:
+            return
+        shipper = self._shipper(timeout_s=min(flush_s, 2.0))
+        deadline = time.monotonic() + flush_s
+        try:
+            while time.monotonic() < deadline:
+                o = shipper.ship_once()
+                if o.idle or o.wait_s or o.error:
+                    break
+        finally:
+            shipper.close()
+            shipper.store.close()

@@ -29,8 +29,16 @@ def default_db_path() -> Path:
     return Path(data) / "meterd" / "meterd.db"
 
 
+def _script(db: sqlite_utils.Database, sql: str) -> None:
+    """Statement by statement: ``executescript`` would COMMIT the migration's transaction."""
+    for stmt in sql.split(";"):
+        if stmt.strip():
+            db.conn.execute(stmt)
+
+
 def _m1_initial(db: sqlite_utils.Database) -> None:
-    db.executescript(
+    _script(
+        db,
         """
         CREATE TABLE samples (
             id INTEGER PRIMARY KEY,
