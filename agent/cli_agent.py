@@ -43,6 +43,25 @@ def _open_store(path: str | None, config: Config | None = None):
         raise click.ClickException(f"cannot open the store {p or 'at the default path'}: {e}") from None
 
 
+DEFAULT_PUSH_LISTEN = "127.0.0.1:9465"
+
+
+def _start_push(listen: str):
+    from probes.push import PushEndpoint
+
+    try:
+        if listen.startswith("unix:"):
+            endpoint = PushEndpoint(uds=listen[len("unix:"):])
+        else:
+            host, _, port = listen.rpartition(":")
+            endpoint = PushEndpoint(host.strip("[]") or "127.0.0.1", int(port))
+        endpoint.start()
+    except (ValueError, OSError, RuntimeError) as e:
+        raise click.ClickException(f"push endpoint {listen}: {e}") from None
+    log.info("push endpoint for usage records on %s", listen)
+    return endpoint
+
+
 def _import_sqlite_utils_without_numpy() -> None:
     """sqlite-utils imports NumPy at import time whenever it is installed, only to map NumPy
     values to SQL types; the daemon never stores one. Hiding NumPy during that one import saves
@@ -134,6 +153,7 @@ def agent_cmd(config_path, duration, db_path, interval, window, sources, metrics
     metrics = None
     agent = None
     shipper = None
+    push = None
 
     def on_signal(signum, frame):
         if signum == signal.SIGHUP:
@@ -157,7 +177,10 @@ def agent_cmd(config_path, duration, db_path, interval, window, sources, metrics
                                     backoff_cap_s=config.ship_backoff_cap_s).start()
             state.outbox_depth = shipper.store_counts
             log.info("shipping windows to %s", config.ship_url)
-        agent = Agent(config, store, node, notifier=Notifier(), state=state, reload_config=reload_config)
+        if config.push_listen or any(src.kind == "push" for src in config.sources):
+            push = _start_push(config.push_listen or DEFAULT_PUSH_LISTEN)
+        agent = Agent(config, store, node, notifier=Notifier(), state=state, reload_config=reload_config,
+                      push=push)
         log.info("metering %d device(s) into %s every %g s, windows of %d s",
                  len(node.devices), store.path, config.interval_s, config.window_s)
         summary = agent.run(duration_s=duration, stop=stop)
@@ -168,6 +191,8 @@ def agent_cmd(config_path, duration, db_path, interval, window, sources, metrics
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        if push is not None:
+            push.stop()
         if shipper is not None:
             shipper.close()
         if metrics is not None:

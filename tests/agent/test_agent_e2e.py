@@ -116,3 +116,49 @@ def test_no_token_source_still_meters_cost(no_nvml, tmp_path, clock):
     assert last["partial"] and "shutdown" in json.loads(last["flags"])
     assert all(w["prompt_tokens"] == 0 and w["energy_source"] == "estimated" for w in ws)
     store.close()
+
+
+def test_pushed_usage_is_billed_per_tenant(fake_nvml, clock, tmp_path):
+    import httpx
+
+    from probes.push import PushEndpoint
+
+    clock.t = T0
+    fake_nvml([h100(curve=[(0.0, 360.0)])])
+    prices = Prices(rental_per_gpu_hour_micro=to_micro("3.6"), energy_per_kwh_micro=0, opex_per_node_month_micro=0,
+                    prompt_token_weight=1.0)
+    config = default_config(node="node-a", interval_s=1.0, window_s=2, prices=prices,
+                            sources=(SourceConfig(kind="push", name="push"),))
+    node = get_devices(clock=clock)
+    store = Store(tmp_path / "m.db")
+    mono = {"t": 0.0}
+    with PushEndpoint() as push, httpx.Client(base_url=push.url) as client:
+        def sleep(s):
+            clock.advance(s)
+            mono["t"] += s
+            if abs(clock() - (T0 + 1.0)) < 1e-9:  # mid first window: two tenants' requests arrive
+                r = client.post("/v1/usage", json=[
+                    {"model": "m", "prompt_tokens": 300, "completion_tokens": 100, "tenant": "acme", "request_id": "a1"},
+                    {"model": "m", "prompt_tokens": 100, "completion_tokens": 100, "tenant": "zeta", "request_id": "z1"},
+                ])
+                assert r.status_code == 200
+                # a client retry of the same request is not billed twice
+                assert client.post("/v1/usage", json={"model": "m", "prompt_tokens": 300, "completion_tokens": 100,
+                                                      "tenant": "acme", "request_id": "a1"}).json()["duplicates"] == 1
+
+        Agent(config, store, node, clocks=Clocks(wall=clock, mono=lambda: mono["t"], boot=lambda: mono["t"],
+                                                sleep=sleep), push=push).run(duration_s=2.0)
+    node.close()
+    gpu = [w for w in store.windows() if w["device"].startswith("GPU-")]
+    first = gpu[0]
+    assert (first["start"], first["end"]) == (T0, T0 + 2)
+    assert (first["prompt_tokens"], first["completion_tokens"]) == (400, 200)
+    assert first["cost_micro"] == 2000  # 1000 micro/s for 2 s, no energy price
+    rows = {u["tenant"]: u for u in store.usage_of(first["id"])}
+    # weight 1: prompt carries 400/600 of 2000 = 1333 (rounded), completion 667;
+    # acme has 3/4 of the prompt tokens and 1/2 of the completion tokens
+    assert (rows["acme"]["cost_prompt_micro"], rows["zeta"]["cost_prompt_micro"]) == (1000, 333)
+    # 667 over two equal halves: the largest-remainder tie goes to the first row
+    assert (rows["acme"]["cost_completion_micro"], rows["zeta"]["cost_completion_micro"]) == (334, 333)
+    assert rows["acme"]["cost_micro"] + rows["zeta"]["cost_micro"] == 2000
+    store.close()
