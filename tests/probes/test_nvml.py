@@ -139,3 +139,18 @@ def test_decode_throttle_reasons():
     assert decode_throttle_reasons(None) is None
     assert decode_throttle_reasons(0) == []
     assert decode_throttle_reasons(0x40) == ["hw_thermal_slowdown"]
+
+
+def test_light_sample_reads_only_what_metering_needs(fake_nvml, clock):
+    fake = fake_nvml([h100(mig=[FakeMig(1, 0, 10 * GiB)], processes=[(1, GiB)])])
+    (gpu,) = get_gpus(clock).devices()
+    fake.calls.clear()
+    light = gpu.sample(detail=False)
+    light_calls = list(fake.calls)
+    fake.calls.clear()
+    full = gpu.sample()
+    assert light.power_w == full.power_w and light.energy_j == full.energy_j and light.util_pct == full.util_pct
+    assert "mig" not in light.extra and full.extra["mig"]
+    assert not {"nvmlDeviceGetMigMode", "nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetClockInfo",
+                "nvmlDeviceGetTemperature"} & set(light_calls)
+    assert len(light_calls) <= 5 < len(fake.calls)
