@@ -17,7 +17,6 @@ The HTTP transport is injectable (httpx's seam), so tests can play any sink.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ import httpx
 from agent.events import BATCH_CONTENT_TYPE, window_event
 from agent.store import Store
 from probes.errors import MeterError
+from probes.net import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +55,12 @@ def check_url(url: str, allow_insecure: bool = False) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ShipError(f"ship url {url!r}: expected https://HOST[:PORT]/api/v1/events")
-    if parts.scheme == "http" and not allow_insecure and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not allow_insecure and not is_loopback(parts.hostname):
         raise ShipError(f"ship url {url!r}: plain http to a non-loopback host is refused; use https, "
                         "or set [ship] allow_insecure = true")
     return url
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def read_token_file(path: str) -> str:

@@ -17,6 +17,8 @@ from typing import Any, Callable, Iterable
 
 import sqlite_utils
 
+from agent.sqlite_tx import Immediate
+
 BUSY_TIMEOUT_MS = 10_000
 
 
@@ -186,7 +188,7 @@ class Store:
 
     def transaction(self):
         """``BEGIN IMMEDIATE`` ... ``COMMIT`` (rollback on error), for read-then-write."""
-        return _Immediate(self.conn)
+        return Immediate(self.conn)
 
     def close(self) -> None:
         self.conn.close()
@@ -420,18 +422,3 @@ def _roll_up(c: sqlite3.Connection, w: dict[str, Any], usage: list[dict[str, Any
                 f" ON CONFLICT(period, bucket, node, device, model, tenant) DO UPDATE SET {updates}",
                 {"period": period, "bucket": bucket, "node": w["node"], "device": w["device"],
                  "model": model, "tenant": tenant, **vals})
-
-
-class _Immediate:
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
-        return self.conn
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.conn.execute("COMMIT")
-        else:
-            self.conn.execute("ROLLBACK")

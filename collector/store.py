@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from agent.sqlite_tx import Immediate
 from collector.validation import Parsed
 
 BUSY_TIMEOUT_MS = 10_000
@@ -247,7 +248,7 @@ class SQLiteStore(CollectorStore):
                 self.conn.execute(f"PRAGMA user_version = {i + 1}")
 
     def _write(self) -> "_Immediate":
-        return _Immediate(self.conn)
+        return Immediate(self.conn)
 
     def close(self) -> None:
         with self._lock:
@@ -419,15 +420,3 @@ def _dicts(cur: sqlite3.Cursor) -> list[dict[str, Any]]:
 def _chunks(items: list, n: int) -> Iterable[list]:
     for i in range(0, len(items), n):
         yield items[i:i + n]
-
-
-class _Immediate:
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
-        return self.conn
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")

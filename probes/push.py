@@ -37,7 +37,6 @@ a server.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import os
 import socket
@@ -45,6 +44,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
+from probes.net import is_loopback
 
 DEFAULT_MAX_BYTES = 1024 * 1024
 DEFAULT_MAX_RECORDS = 10_000
@@ -192,13 +192,6 @@ class UsageLedger:
         return out
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class PushEndpoint:
@@ -212,7 +205,7 @@ class PushEndpoint:
                  max_bytes: int = DEFAULT_MAX_BYTES, max_records: int = DEFAULT_MAX_RECORDS,
                  max_request_ids: int = DEFAULT_MAX_REQUEST_IDS,
                  body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> None:
-        if uds is None and not _is_loopback(host):
+        if uds is None and not is_loopback(host):
             raise ValueError(f"the push endpoint listens on loopback or a Unix socket only, not {host!r}: "
                              "it has no authentication")
         self.host, self.port, self.uds = host, port, uds
