@@ -3,7 +3,8 @@
 Peaks are the vendors' DENSE tensor-core figures (datasheets print sparsity figures, twice as
 high, with an asterisk: those are halved here), in FLOP/s (int8: op/s). ``fp32`` is the
 non-tensor-core FP32 rate. Memory bandwidth in bytes/s, TDP (max board power) in watts, L2 in
-bytes. A device not in the table has no spec: results show no percentage of peak rather than a
+bytes (a fallback only: the suite sizes its buffers from the L2 size CUDA reports). A device
+not in the table has no spec: results show no percentage of peak rather than a
 guess, and a name that could be several products (a bare "NVIDIA H100") matches none.
 """
 
@@ -61,10 +62,11 @@ SPECS: tuple[tuple[str, DeviceSpec], ...] = (
     # NVIDIA H200 datasheet: the same compute as H100 SXM, HBM3e.
     (r"H200 NVL", _hopper("H200 NVL", 60, 417.5, 835.5, 1670.5, 4800, 600)),
     (r"\bH200\b", _hopper("H200 SXM", 67, 494.7, 989.4, 1978.9, 4800, 700)),
-    # NVIDIA HGX B200 per-GPU figures (FP4 not listed: nothing here can run it).
+    # NVIDIA HGX B200 figures over its 8 GPUs, halved where sparse (TF32 18 PF, FP8 72 PF); FP4
+    # not listed: nothing here can run it.
     (r"\bB200\b", DeviceSpec(
         "B200",
-        {"fp64": 37 * T, "fp32": 75 * T, "tf32": 1100 * T, "fp16": 2250 * T, "bf16": 2250 * T,
+        {"fp64": 37 * T, "fp32": 75 * T, "tf32": 1125 * T, "fp16": 2250 * T, "bf16": 2250 * T,
          "fp8": 4500 * T, "int8": 4500 * T},
         8000 * GBps, 1000, 126 * MB)),
     # NVIDIA A100 datasheet (40 GB HBM2 / 80 GB HBM2e; SXM4 400 W, PCIe 250/300 W).

@@ -48,7 +48,7 @@ def test_cpu_path_end_to_end_json_and_store(tmp_path, no_nvml):
 
 
 def test_table_output_and_one_model(tmp_path, no_nvml):
-    r = run("--tiny", "--db", str(tmp_path / "m.db"), "--model", "gpt-oss-120b")
+    r = run("--tiny", "--db", str(tmp_path / "m.db"), "--model", "gpt-oss-120b", "--device", "cpu")
     assert r.exit_code == 0, r.output
     assert "gemm" in r.output and "triad" in r.output and "capacity" in r.output
     assert "gpt-oss-120b" in r.output and "llama-3.1-8b" not in r.output
