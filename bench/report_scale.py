@@ -219,6 +219,9 @@ def main() -> None:
             rep.totals["idle_cost_micro"] if by == ["model"] else 0), label
         print(f"{label:<28}{best * 1e3:>13.1f} / {first * 1e3:>6.1f} ms"
               f"{dbest * 1e3:>13.1f} / {dfirst * 1e3:>6.1f} ms{dbest / best:>9.0f}x")
+    for label, by in (("by week (from days)", ["week"]), ("by hour, device", ["hour", "device"])):
+        best, first, rep = timed(report(by))
+        print(f"{label:<28}{best * 1e3:>13.1f} / {first * 1e3:>6.1f} ms   ({len(rep.rows):,} rows)")
     # A range that is not whole days: hours and raw minutes at its ends.
     lo, hi = START + 1234, START + days * 86400 - 4321
     best, first, rep = timed(lambda: aggregate(read_store(store, ["model", "device"], Filters(lo, hi)),

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any, Iterable, Mapping, Sequence
 
 GROUP_KEYS = ("node", "device", "model", "tenant", "hour", "day", "week")
@@ -75,6 +76,7 @@ def bucket(t: float, key: str) -> float:
     return t - ((t - offset) % size)
 
 
+@lru_cache(maxsize=65_536)
 def iso(t: float) -> str:
     return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -124,14 +126,13 @@ def _zero() -> dict[str, Any]:
 
 
 def _add(acc: dict[str, Any], cell: Mapping[str, Any], sign: int = 1) -> None:
+    get = cell.get
     for k in SUMS:
-        if acc[k] is None:
-            continue
-        v = cell.get(k, 0)
-        if v is None:
+        a, v = acc[k], get(k, 0)
+        if a is None or v is None:
             acc[k] = None
         else:
-            acc[k] += sign * v
+            acc[k] = a + v if sign > 0 else a - v
 
 
 def _key(cell: Mapping[str, Any], by: Sequence[str]) -> tuple:
@@ -257,8 +258,13 @@ def aggregate(cells: Cells, by: Sequence[str], *, model: str | None = None,
     usage = _with_capacity(cells.usage, cells.ceilings, rates)
     groups: dict[tuple, dict[str, Any]] = {}
 
-    def into(key: tuple, cell: Mapping[str, Any], sign: int = 1) -> None:
-        _add(groups.setdefault(key, _zero()), cell, sign)
+    def into(key: tuple, cell: Mapping[str, Any]) -> None:
+        acc = groups.get(key)
+        if acc is None:  # most cells start their row: copy, do not add to zeros
+            get = cell.get
+            groups[key] = {k: get(k, 0) for k in SUMS}
+        else:
+            _add(acc, cell)
 
     if pm:
         for c in usage:
@@ -285,17 +291,20 @@ def aggregate(cells: Cells, by: Sequence[str], *, model: str | None = None,
             a[0] += c["capacity_cost_micro"]
             a[1] += c["capacity_tokens"]
         for c in cells.whole:
-            into(_key(c, by), {**c, "capacity_cost_micro": 0.0, "capacity_tokens": 0.0})
+            into(_key(c, by), c)  # whole cells carry no capacity: it comes from usage below
         for key, (cost, toks) in cap_by_key.items():
             if key in groups:
                 groups[key]["capacity_cost_micro"] += cost
                 groups[key]["capacity_tokens"] += toks
 
-    rows = []
+    # The totals are the column sums of the rows' sums (unknown if any row's is unknown).
     total = _zero()
+    for k in SUMS:
+        col = [g[k] for g in groups.values()]
+        total[k] = None if None in col else sum(col, total[k])
+    rows = []
     for key in sorted(groups, key=_sort_key):
         s = groups[key]
-        _add(total, s)
         row: dict[str, Any] = {}
         for k, v in zip(by, key):
             row[k] = iso(v) if k in TIME_KEYS else v

@@ -28,8 +28,9 @@ from typing import Any, Sequence
 
 import httpx
 
+from agent.events import parse_iso
 from agent.store import Store
-from reports.aggregate import IDLE, TIME_KEYS, Ceiling, Cells, ReportError, iso, per_model
+from reports.aggregate import IDLE, Ceiling, Cells, ReportError, iso, per_model
 
 HOUR, DAY = 3600, 86400
 
@@ -280,7 +281,7 @@ def read_collector(url: str, token: str, by: Sequence[str], f: Filters, *,
                                        "idle_cost_micro", "seconds")}
         cell["energy_j"] = g.get("energy_j") or 0.0
         cell["util_pct_s"] = None  # a collector keeps no utilization
-        cell["t"] = _parse_bucket(g[grain[0]]) if grain else None
+        cell["t"] = parse_iso(g[grain[0]]) if grain else None
         if pm:
             cell["model"] = g.get("model") if g.get("model") is not None else IDLE
             cell["tenant"] = g.get("tenant") if g.get("model") is not None else IDLE
@@ -290,19 +291,13 @@ def read_collector(url: str, token: str, by: Sequence[str], f: Filters, *,
     return cells
 
 
-def _parse_bucket(text: str) -> float:
-    from agent.events import parse_iso
-
-    return parse_iso(text)
-
-
 def _error_of(r: httpx.Response) -> str:
+    """The ``error`` of a JSON error body, else the first line of the body, else the reason."""
     try:
         body = r.json()
-        return str(body.get("error") or body)
+        if isinstance(body, dict) and body.get("error"):
+            return str(body["error"])
     except ValueError:
-        return (r.text or r.reason_phrase).strip().splitlines()[0][:200] if (r.text or r.reason_phrase) else ""
-
-
-__all__ = ["Filters", "QueryError", "EmptyStore", "NoData", "CollectorDown", "CollectorRefused",
-           "read_store", "read_collector", "read_ceilings", "plan", "finest", "TIME_KEYS"]
+        pass
+    text = r.text.strip()
+    return text.splitlines()[0][:200] if text else r.reason_phrase

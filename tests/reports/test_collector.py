@@ -109,3 +109,29 @@ def test_an_empty_collector_and_a_missing_token_file(cstore, tmp_path):
         tf.write_text(token)
         r = CliRunner().invoke(main, ["report", "--collector", srv.url, "--token-file", str(tf)])
         assert r.exit_code == 1 and r.output.strip() == "Error: the collector has no windows at all"
+
+
+def test_html_over_a_collector_has_its_charts_and_says_why_there_is_no_roofline(server, read_token, tmp_path):
+    tf = tmp_path / "token"
+    tf.write_text(read_token)
+    page = tmp_path / "r.html"
+    r = CliRunner().invoke(main, ["report", "--collector", server.url, "--token-file", str(tf),
+                                  "--format", "html", "-o", str(page)], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    text = page.read_text()
+    assert text.count("<svg") == 3 and "no bench results" in text and f"source: {server.url}" in text
+
+
+def test_other_collector_answers_are_one_line_too():
+    import httpx
+
+    from reports.query import QueryError
+
+    def proxy(request):
+        return httpx.Response(502, text="Bad Gateway\n<html>...</html>")
+
+    with pytest.raises(QueryError, match=r"^the collector at http://c answered 502: Bad Gateway$"):
+        read_collector("http://c", "t", ["model"], Filters(), transport=httpx.MockTransport(proxy))
+    with pytest.raises(QueryError, match="did not answer with usage groups"):
+        read_collector("http://c", "t", ["model"], Filters(),
+                       transport=httpx.MockTransport(lambda r: httpx.Response(200, json={"x": 1})))
