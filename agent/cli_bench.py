@@ -28,12 +28,14 @@ _SCALE = {"flop/s": ("TFLOP/s", 1e12), "op/s": ("TOP/s", 1e12), "bytes/s": ("GB/
 
 
 def _select(devices: list, wanted: str | None) -> list:
+    """All devices, or the one named by its id, ``cpu``, a GPU's NVML index or ``gpuN``."""
     if wanted is None:
         return devices
-    for i, d in enumerate(devices):
-        if wanted in (d.id, f"gpu{getattr(d, 'index', '')}", str(getattr(d, "index", ""))) or (
-            wanted == "cpu" and d.kind == "cpu"
-        ):
+    for d in devices:
+        names = {d.id}
+        if d.kind == "gpu" and hasattr(d, "index"):
+            names |= {str(d.index), f"gpu{d.index}"}
+        if wanted in names:
             return [d]
     known = ", ".join(d.id for d in devices)
     raise click.ClickException(f"no device {wanted!r} on this node (devices: {known})")
