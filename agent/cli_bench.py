@@ -150,6 +150,8 @@ def bench(device_id: str | None, quick: bool, as_json: bool, db: str | None, mod
         store.save_bench(uuid.uuid4().hex, socket.gethostname(), at, rows, versions)
     except KernelError as e:
         raise click.ClickException(str(e)) from e
+    except sqlite3.Error as e:
+        raise click.ClickException(f"cannot save the results to the store {store.path}: {e}") from e
     finally:
         node.close()
         store.close()
