@@ -146,14 +146,8 @@ def agent_cmd(config_path, duration, db_path, interval, window, sources, metrics
         except ShipError as e:
             raise click.ClickException(str(e)) from None
 
-    store = _open_store(None, config)
-    node = get_devices()
     stop = threading.Event()
-    state = AgentState(currency=config.prices.currency, store_path=str(store.path))
-    metrics = None
     agent = None
-    shipper = None
-    push = None
 
     def on_signal(signum, frame):
         if signum == signal.SIGHUP:
@@ -162,7 +156,19 @@ def agent_cmd(config_path, duration, db_path, interval, window, sources, metrics
             return
         stop.set()
 
+    # Before anything slow (NVML start-up): a SIGTERM from then on is a clean stop, never a kill.
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        store = _open_store(None, config)
+    except click.ClickException:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        raise
+    node = get_devices()
+    state = AgentState(currency=config.prices.currency, store_path=str(store.path))
+    metrics = None
+    shipper = None
+    push = None
     try:
         if config.metrics_listen:
             try:

@@ -127,9 +127,10 @@ def test_signal_mid_window_commits_a_partial_window_and_exits_0(tmp_path, sig):
     for w in ws:
         assert w["partial"] == 1 and "shutdown" in json.loads(w["flags"])
         assert 1.0 < w["end"] - w["start"] < 3600
-        assert w["cost_micro"] > 0
     gpu = [w for w in ws if w["device"].startswith("GPU-")]
-    assert all(w["energy_source"] == "counter" and w["energy_j"] > 0 for w in gpu)
+    assert len(gpu) == 2
+    # the GPUs carry the node's capex; the CPU's few joules may cost less than a micro-dollar
+    assert all(w["energy_source"] == "counter" and w["energy_j"] > 0 and w["cost_micro"] > 0 for w in gpu)
     assert "stopped by signal" in err
 
 
