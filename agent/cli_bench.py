@@ -19,7 +19,7 @@ from rich.table import Table
 
 from agent import __version__
 from kernels.base import KernelError
-from kernels.prices import DEFAULT_PRICES
+from kernels.prices import YEAR_S, Prices
 from kernels.roofline import DEFAULT_BATCH, DEFAULT_CONTEXT_TOKENS, all_profiles
 from kernels.suite import Sizes, capacity_rows, library_versions, plan_devices, run_plans, runner_options
 from probes.devices import get_devices
@@ -103,6 +103,24 @@ def capacity_table(rows: list[dict[str, Any]]) -> Table:
     return t
 
 
+def capacity_prices(p, gpus_on_node: int) -> Prices:
+    """One device's prices for the capacity table, from the agent's config prices: a GPU's
+    purchase price plus its share of the node (the whole node on a CPU-only machine), the base
+    energy price (time-of-use periods left out: capacity is a ceiling, not a bill)."""
+    share = p.capex_per_node_micro // max(1, gpus_on_node)
+    purchase = (p.capex_per_gpu_micro if gpus_on_node else 0) + share
+    return Prices(
+        currency=p.currency,
+        purchase_micro=purchase,
+        residual_micro=round(purchase * p.residual_fraction),
+        depreciation_s=p.depreciation_years * YEAR_S,
+        rental_per_hour_micro=p.rental_per_gpu_hour_micro or None,
+        energy_per_kwh_micro=p.energy_per_kwh_micro,
+        pue=p.pue,
+        opex_per_month_micro=p.opex_per_node_month_micro // max(1, gpus_on_node),
+    )
+
+
 @click.command()
 @click.option("--device", "device_id", metavar="ID", help="Only this device: a GPU UUID or index, or 'cpu'.")
 @click.option("--quick", is_flag=True, help="About 0.15 s per kernel instead of 1 s (rougher energy figures).")
@@ -113,24 +131,34 @@ def capacity_table(rows: list[dict[str, Any]]) -> Table:
               help="Decode batch size for the capacity table.")
 @click.option("--context", "context_tokens", type=click.IntRange(min=0), default=DEFAULT_CONTEXT_TOKENS,
               show_default=True, help="Context length (tokens) for the capacity table.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="The agent's TOML config: its [prices] and [models.*] for the capacity table (default: built-in).")
 @click.option("--tiny", is_flag=True, hidden=True, help="Tests only: tiny sizes, meaningless figures.")
 def bench(device_id: str | None, quick: bool, as_json: bool, db: str | None, model_name: str | None,
-          batch: int, context_tokens: int, tiny: bool) -> None:
+          batch: int, context_tokens: int, config_path: str | None, tiny: bool) -> None:
     """Microkernels: the node's real ceilings, energy per kernel, and the cost per million tokens.
 
     Measures GEMM FLOP/s per dtype, memory bandwidth (copy, triad) and a decode-shaped GEMV on
     each GPU (CuPy, the [gpu] extra) and NumPy GEMM and bandwidth on the CPU; each with % of
     datasheet peak, mean watts and FLOP (or bytes) per joule. Then predicts prefill and decode
     tokens/s for model profiles and the cost per million tokens at full use with the default
-    prices. Results are saved to the store.
+    prices (--config, or the agent's defaults). Results are saved to the store.
     """
-    profiles = all_profiles()
+    from agent.config import ConfigError, default_config, load_config
+
+    try:
+        config = load_config(config_path) if config_path else default_config()
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    profiles = all_profiles(config.models)
     if model_name is not None:
         if model_name not in profiles:
             raise click.ClickException(f"unknown model {model_name!r} (known: {', '.join(profiles)})")
         profiles = {model_name: profiles[model_name]}
-    store = _open_store(db)
+    store = _open_store(db or config.store)
     node = get_devices()
+    gpus_on_node = sum(1 for d in node.devices if d.kind == "gpu")
+    prices = capacity_prices(config.prices, gpus_on_node)
     err = Console(stderr=True)
     try:
         notes: list[str] = []
@@ -155,7 +183,7 @@ def bench(device_id: str | None, quick: bool, as_json: bool, db: str | None, mod
     finally:
         node.close()
         store.close()
-    capacity = capacity_rows(rows, profiles, DEFAULT_PRICES, batch, context_tokens)
+    capacity = capacity_rows(rows, profiles, prices, batch, context_tokens)
     skipped = {dt: why for p in plans for dt, why in p.skipped.items()}
     if as_json:
         click.echo(json.dumps({"results": rows, "capacity": capacity, "notes": notes,
@@ -172,5 +200,5 @@ def bench(device_id: str | None, quick: bool, as_json: bool, db: str | None, mod
     for note in notes:
         out.print(note)
     out.print(f"W: ctr = energy counter, int = integrated power, est = estimated. Money in "
-              f"{DEFAULT_PRICES.currency}, default prices (kernels/prices.py); decode at batch {batch}, "
-              f"context {context_tokens} tokens.")
+              f"{prices.currency}, {'prices of ' + config_path if config_path else 'default prices (meter config init)'}; "
+              f"decode at batch {batch}, context {context_tokens} tokens.")

@@ -85,6 +85,7 @@ class Config:
     store_budget_mb: float | None = None  # None: no bound
     prices: Prices = field(default_factory=Prices)
     sources: tuple[SourceConfig, ...] = ()
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # roofline profiles, by name
     push_listen: str | None = None
     metrics_listen: str | None = None
     ship_url: str | None = None
@@ -222,7 +223,8 @@ _SOURCE_KEYS = ("kind", "url", "name", "devices", "model", "prompt_metric", "com
 
 def parse_config(doc: dict[str, Any]) -> Config:
     """A Config from a parsed TOML document. Raises ConfigError naming the key."""
-    known = dict(_TOP) | {"prices": None, "sources": None, "push": None, "metrics": None, "ship": None}
+    known = dict(_TOP) | {"prices": None, "sources": None, "push": None, "metrics": None, "ship": None,
+                          "models": None}
     _check_keys("", doc, known)
     top = {attr: check(k, doc[k]) for k, (attr, check) in _TOP.items() if k in doc}
     if "interval_s" in top and top["interval_s"] > top.get("window_s", Config.window_s):
@@ -234,6 +236,7 @@ def parse_config(doc: dict[str, Any]) -> Config:
     prices["tariff"] = tuple(_tariff(i, t) for i, t in enumerate(prices_doc.get("tariff", [])))
 
     sources = tuple(_source(i, s) for i, s in enumerate(_list("sources", doc.get("sources", []))))
+    models = _models(_table("models", doc.get("models", {})))
 
     extra: dict[str, Any] = {}
     for section, keys in (("push", {"listen": "push_listen"}), ("metrics", {"listen": "metrics_listen"}),
@@ -247,7 +250,22 @@ def parse_config(doc: dict[str, Any]) -> Config:
                 check = (_bool if k == "allow_insecure" else _listen if k == "listen"
                          else _at_least(0.1) if k == "backoff_cap_s" else _string)
                 extra[attr] = check(f"{section}.{k}", table[k])
-    return Config(**top, prices=Prices(**prices), sources=sources, **extra)
+    return Config(**top, prices=Prices(**prices), sources=sources, models=models, **extra)
+
+
+def _models(table: dict) -> dict[str, dict[str, Any]]:
+    """``[models.NAME]`` tables: roofline profiles for `meter bench` and `meter report`."""
+    from kernels.roofline import profile_from_dict
+
+    out = {}
+    for name, values in table.items():
+        values = _table(f"models.{name}", values)
+        try:
+            profile_from_dict(name, values)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        out[name] = dict(values)
+    return out
 
 
 def _list(key: str, v: Any) -> list:
@@ -358,6 +376,16 @@ tariff_timezone = "UTC"
 # kind = "vllm"                       # vllm, sglang, tgi, llamacpp, trtllm, triton, generic, auto, push
 # url = "http://127.0.0.1:8000/metrics"
 # devices = ["all"]                   # or GPU indexes / UUIDs: ["0", "1"]
+
+# Model profiles for the roofline (`meter bench` capacity, `meter report`), beside the built-in
+# llama-3.1-8b, llama-3.1-70b and gpt-oss-120b:
+# [models.qwen2.5-32b]
+# total_params = 32.8e9
+# active_params = 32.8e9
+# layers = 64
+# kv_heads = 8
+# head_dim = 128
+# bytes_per_param = 2.0
 
 # [push]
 # listen = "127.0.0.1:9465"           # usage records POSTed by workloads with no metrics

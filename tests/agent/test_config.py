@@ -108,3 +108,42 @@ def test_agent_flags_override_and_windows_json(tmp_path):
 def test_agent_rejects_bad_flags(tmp_path, args, message):
     r = CliRunner().invoke(main, ["agent", "--db", str(tmp_path / "m.db"), "--duration", "1", *args])
     assert r.exit_code != 0 and message in r.output
+
+
+def test_models_in_the_config_are_validated(tmp_path):
+    r = check(tmp_path, "[models.tiny]\ntotal_params = 1e9\nlayers = 4\nkv_heads = 2\nhead_dim = 64\n")
+    assert r.exit_code != 0 and "models.tiny.bytes_per_param: missing" in r.output
+    r = check(tmp_path, "[models.tiny]\ntotal_params = 1e9\nlayers = 4\nkv_heads = 2\nhead_dim = 64\n"
+                        "bytes_per_param = 2\ncolour = 1\n")
+    assert r.exit_code != 0 and "models.tiny.colour: unknown key" in r.output
+
+
+def test_bench_capacity_uses_the_configs_prices_and_models(tmp_path):
+    from agent.cli_bench import capacity_prices
+    from agent.config import Prices as AgentPrices
+    from kernels.prices import YEAR_S
+
+    p = capacity_prices(AgentPrices(capex_per_gpu_micro=to_micro(30000), capex_per_node_micro=to_micro(80000),
+                                    residual_fraction=0.1, depreciation_years=4,
+                                    opex_per_node_month_micro=to_micro(800)), gpus_on_node=8)
+    assert p.purchase_micro == to_micro(40000) and p.residual_micro == to_micro(4000)
+    assert p.depreciation_s == 4 * YEAR_S and p.opex_per_month_micro == to_micro(100)
+    assert capacity_prices(AgentPrices(rental_per_gpu_hour_micro=to_micro("2.5")), 8).rental_per_hour_micro == 2_500_000
+    cpu_only = capacity_prices(AgentPrices(capex_per_gpu_micro=to_micro(1), capex_per_node_micro=to_micro(9000)), 0)
+    assert cpu_only.purchase_micro == to_micro(9000)
+
+    cfg = tmp_path / "m.toml"
+    cfg.write_text('[prices]\ncurrency = "EUR"\nenergy_per_kwh = 0.25\n'
+                   "[models.tiny]\ntotal_params = 1e9\nlayers = 4\nkv_heads = 2\nhead_dim = 64\nbytes_per_param = 2\n")
+    r = CliRunner().invoke(main, ["bench", "--tiny", "--json", "--device", "cpu", "--db", str(tmp_path / "b.db"),
+                                  "--config", str(cfg), "--model", "tiny"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.output)
+    assert [c["model"] for c in doc["capacity"]] == ["tiny"]
+    cap = doc["capacity"][0]
+    assert cap["currency"] == "EUR"
+    # the cost per Mtok is the config's cost rate over the roofline's tokens/s
+    from kernels.roofline import cost_rate_micro_per_s
+    rate = cost_rate_micro_per_s(capacity_prices(parse_config(tomllib.loads(cfg.read_text())).prices, 0),
+                                 cap["watts"])
+    assert cap["cost_per_mtok_decode_micro"] == pytest.approx(rate * 1e6 / cap["decode_tokens_per_s"], rel=1e-6)
