@@ -200,7 +200,8 @@ def read_store(store: Store, by: Sequence[str], f: Filters, *, with_bench: bool 
         if pm or cells.ceilings:
             for source, a, b in plan(lo, hi, HOUR if size == HOUR else DAY):
                 cells.usage += _cells(store, source, a, b, f, size, usage=True)
-    if not (cells.usage if pm else cells.whole):
+    # Idle windows are data too: a node that served no tokens still shows its cost, as (idle).
+    if not cells.whole or (pm and (f.model is not None or f.tenant is not None) and not cells.usage):
         raise NoData(f"no windows {f.describe()}")
     return cells
 

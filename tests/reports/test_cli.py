@@ -103,3 +103,33 @@ def test_relative_times(db):
     r = meter("--db", db, "--format", "json", "--since", "100000d", "--by", "week")
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["totals"]["cost_micro"] == 9300
+
+
+def test_a_node_that_served_no_tokens_reports_its_idle_cost(tmp_path):
+    """The main job on a machine with no inference server: windows with cost and no tokens."""
+    import json as _json
+
+    from click.testing import CliRunner as _Runner
+
+    from agent.cli import main as _main
+    from agent.config import Prices, to_micro
+    from agent.costmodel import DeviceShare
+    from agent.ledger import price_window
+    from agent.store import Store
+    from agent.windows import Window
+
+    db = tmp_path / "idle.db"
+    s = Store(db)
+    prices = Prices(rental_per_gpu_hour_micro=to_micro("3.6"), energy_per_kwh_micro=0, opex_per_node_month_micro=0)
+    s.commit_windows([price_window(Window("cpu", 1_800_000_000.0 + 5 * i, 1_800_000_005.0 + 5 * i, energy_j=10.0,
+                                          energy_source="estimated", covered_s=5.0),
+                                   "n", "CPU", prices, DeviceShare.for_node(False, 0), "h") for i in range(3)])
+    s.close()
+    r = _Runner().invoke(_main, ["report", "--db", str(db), "--format", "json"])
+    assert r.exit_code == 0, r.output
+    doc = _json.loads(r.output)
+    (row,) = doc["rows"]
+    assert row["model"] == "(idle)" and row["cost_micro"] == 3 * 5000 and row["idle_cost_share"] == 1.0
+    assert doc["totals"]["cost_micro"] == 15000 and doc["totals"]["cost_per_mtok"] is None
+    r = _Runner().invoke(_main, ["report", "--db", str(db), "--model", "llama"])
+    assert r.exit_code != 0 and "no windows" in r.output
