@@ -158,8 +158,15 @@ def agent_cmd(config_path, duration, db_path, interval, window, sources, metrics
 
     # Before anything slow (NVML start-up): a SIGTERM from then on is a clean stop, never a kill.
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    from agent.pidlock import AlreadyRunning, StoreLock
+
     try:
         store = _open_store(None, config)
+        try:
+            lock = StoreLock(store.path).acquire()
+        except AlreadyRunning as e:
+            store.close()
+            raise click.ClickException(str(e)) from None
     except click.ClickException:
         for s, h in previous.items():
             signal.signal(s, h)
@@ -205,6 +212,7 @@ def agent_cmd(config_path, duration, db_path, interval, window, sources, metrics
             metrics.close()
         node.close()
         store.close()
+        lock.release()
     click.echo(f"metered {summary.rounds} rounds; committed {summary.windows} windows "
                f"({summary.partial_windows} partial) to {store.path}", err=True)
 

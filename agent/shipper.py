@@ -118,7 +118,7 @@ class Outcome:
 class Shipper:
     def __init__(self, store: Store, url: str, token: str, *, transport: httpx.BaseTransport | None = None,
                  max_events: int = DEFAULT_MAX_EVENTS, max_bytes: int = DEFAULT_MAX_BYTES,
-                 timeout_s: float = 10.0, rng: random.Random | None = None,
+                 timeout_s: float = 5.0, rng: random.Random | None = None,
                  wall: Callable[[], float] = time.time, backoff_cap_s: float = BACKOFF_CAP_S) -> None:
         self.store = store
         self.url = url

@@ -207,3 +207,23 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path):
     local.write_text(unit.replace("/usr/local/bin/meter", meter_bin))
     r = subprocess.run(["systemd-analyze", "verify", str(local)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
+
+
+def test_a_second_agent_on_the_same_store_is_refused_and_kill_9_leaves_no_stale_lock(tmp_path):
+    db = tmp_path / "m.db"
+    args = ("agent", "--db", str(db), "--interval", "0.25", "--window", "1")
+    with meter(*args) as first:
+        try:
+            wait_for(lambda: len(rows(db, "SELECT 1 FROM windows")) >= 3, what="first windows")
+            with meter(*args, "--duration", "2") as second:
+                _, err = second.communicate(timeout=30)
+            assert second.returncode != 0
+            assert f"another agent (pid {first.pid}) is already metering into {db}" in err
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=10)
+        finally:
+            first.kill()
+            first.stderr.close()
+    with meter(*args, "--duration", "1") as third:  # the kernel dropped the dead agent's lock
+        _, err = third.communicate(timeout=30)
+    assert third.returncode == 0, err
