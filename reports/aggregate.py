@@ -32,7 +32,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
-from typing import Any, Iterable, Mapping, Sequence
+from operator import itemgetter
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 GROUP_KEYS = ("node", "device", "model", "tenant", "hour", "day", "week")
 TIME_KEYS = {"hour": 3600, "day": 86400, "week": 7 * 86400}
@@ -125,28 +126,60 @@ def _zero() -> dict[str, Any]:
     return {k: (0 if k in INT_SUMS else 0.0) for k in SUMS}
 
 
+#: A new group starts as a copy of its first cell: absent sums are 0 (a cell's other keys ride
+#: along, unread).
+_FIRST = {k: 0 for k in SUMS}
+
+
 def _add(acc: dict[str, Any], cell: Mapping[str, Any], sign: int = 1) -> None:
+    """``acc += cell`` (or ``-=``) for every sum; None (unknown) absorbs."""
     get = cell.get
-    for k in SUMS:
-        a, v = acc[k], get(k, 0)
-        if a is None or v is None:
-            acc[k] = None
-        else:
-            acc[k] = a + v if sign > 0 else a - v
+    if sign > 0:
+        for k in SUMS:
+            try:
+                acc[k] += get(k, 0)
+            except TypeError:  # None on either side: unknown
+                acc[k] = None
+    else:
+        for k in SUMS:
+            try:
+                acc[k] -= get(k, 0)
+            except TypeError:
+                acc[k] = None
 
 
-def _key(cell: Mapping[str, Any], by: Sequence[str]) -> tuple:
-    out = []
-    for k in by:
+def _keyer(by: Sequence[str], idle: Sequence[str] = ()) -> Callable[[Mapping[str, Any]], tuple]:
+    """The function cell -> its group's key under ``by``: time buckets for time keys, IDLE for a
+    model or tenant that is None (and for every key in ``idle``), "" for other missing values.
+    Built once per report: a year by hour is 70,000 cells."""
+
+    def part(k: str) -> Callable[[Mapping[str, Any]], Any]:
+        if k in idle:
+            return lambda cell: IDLE
         if k in TIME_KEYS:
-            t = cell.get("t")
-            if t is None:
-                raise ReportError(f"the query did not read time buckets for --by {k}")
-            out.append(bucket(t, k))
-        else:
+            size, offset = TIME_KEYS[k], WEEK_EPOCH if k == "week" else 0
+
+            def time_part(cell: Mapping[str, Any]) -> Any:
+                t = cell.get("t")
+                if t is None:
+                    raise ReportError(f"the query did not read time buckets for --by {k}")
+                return t - ((t - offset) % size)  # bucket(t, k)
+            return time_part
+        missing = IDLE if k in ("model", "tenant") else ""
+
+        def value(cell: Mapping[str, Any]) -> Any:
             v = cell.get(k)
-            out.append(IDLE if v is None and k in ("model", "tenant") else (v if v is not None else ""))
-    return tuple(out)
+            return missing if v is None else v
+        return value
+
+    parts = [part(k) for k in by]
+    if len(parts) == 1:
+        (a,) = parts
+        return lambda cell: (a(cell),)
+    if len(parts) == 2:
+        a, b = parts
+        return lambda cell: (a(cell), b(cell))
+    return lambda cell: tuple(p(cell) for p in parts)
 
 
 def match_profile(model: str, profiles: Iterable[str]) -> str | None:
@@ -211,16 +244,20 @@ def _ratio(a: float | int | None, b: float | int | None) -> float | None:
 
 def figures(s: Mapping[str, Any]) -> dict[str, Any]:
     """The report's figures from one set of sums. Cost per Mtok is in currency units
-    (micro-units per token × 1e6 / 1e6 = micro-units / tokens)."""
-    tokens = s["prompt_tokens"] + s["completion_tokens"]
-    energy = s["energy_j"]
-    realized = _ratio(s["cost_micro"], tokens)
-    covered = tokens > 0 and s["capacity_tokens"] is not None and abs(s["capacity_tokens"] - tokens) < 0.5
+    (micro-units per token × 1e6 / 1e6 = micro-units / tokens). A ratio is None where its
+    numerator is unknown or its denominator 0 (``_ratio``, written out: a year by hour is 70,000
+    rows)."""
+    prompt, completion = s["prompt_tokens"], s["completion_tokens"]
+    tokens = prompt + completion
+    energy, seconds, cost = s["energy_j"], s["seconds"], s["cost_micro"]
+    cost_prompt, cost_completion = s["cost_prompt_micro"], s["cost_completion_micro"]
+    idle, util_s, cap_tokens = s["idle_cost_micro"], s["util_pct_s"], s["capacity_tokens"]
+    realized = cost / tokens if cost is not None and tokens else None
+    covered = tokens > 0 and cap_tokens is not None and abs(cap_tokens - tokens) < 0.5
     capacity = _ratio(s["capacity_cost_micro"], tokens) if covered else None
-    seconds = s["seconds"]
     return {
-        "prompt_tokens": s["prompt_tokens"],
-        "completion_tokens": s["completion_tokens"],
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
         "tokens": tokens,
         "seconds": seconds,
         "energy_j": energy,
@@ -228,18 +265,19 @@ def figures(s: Mapping[str, Any]) -> dict[str, Any]:
         "cost_capex_micro": s["cost_capex_micro"],
         "cost_energy_micro": s["cost_energy_micro"],
         "cost_opex_micro": s["cost_opex_micro"],
-        "cost_micro": s["cost_micro"],
-        "cost_prompt_micro": s["cost_prompt_micro"],
-        "cost_completion_micro": s["cost_completion_micro"],
-        "idle_cost_micro": s["idle_cost_micro"],
+        "cost_micro": cost,
+        "cost_prompt_micro": cost_prompt,
+        "cost_completion_micro": cost_completion,
+        "idle_cost_micro": idle,
         "cost_per_mtok": realized,
-        "cost_per_mtok_prompt": _ratio(s["cost_prompt_micro"], s["prompt_tokens"]),
-        "cost_per_mtok_completion": _ratio(s["cost_completion_micro"], s["completion_tokens"]),
-        "j_per_token": _ratio(energy, tokens),
-        "tokens_per_s": _ratio(tokens, seconds),
-        "avg_power_w": _ratio(energy, seconds),
-        "util_pct": _ratio(s["util_pct_s"], seconds),
-        "idle_cost_share": _ratio(s["idle_cost_micro"], s["cost_micro"]),
+        "cost_per_mtok_prompt": cost_prompt / prompt if cost_prompt is not None and prompt else None,
+        "cost_per_mtok_completion": (cost_completion / completion
+                                     if cost_completion is not None and completion else None),
+        "j_per_token": energy / tokens if energy is not None and tokens else None,
+        "tokens_per_s": tokens / seconds if seconds else None,
+        "avg_power_w": energy / seconds if energy is not None and seconds else None,
+        "util_pct": util_s / seconds if util_s is not None and seconds else None,
+        "idle_cost_share": idle / cost if idle is not None and cost else None,
         "capacity_cost_per_mtok": capacity,
         "realized_over_capacity": _ratio(realized, capacity) if capacity else None,
     }
@@ -251,30 +289,36 @@ def figures(s: Mapping[str, Any]) -> dict[str, Any]:
 def aggregate(cells: Cells, by: Sequence[str], *, model: str | None = None,
               tenant: str | None = None) -> Report:
     """Group ``cells`` by ``by``: one row per distinct key, sorted by key; totals from the same
-    sums as the rows."""
+    sums as the rows. The cells are read, never changed."""
     by = list(by)
     pm = per_model(by, model, tenant)
-    rates = device_rates(cells.whole)
-    usage = _with_capacity(cells.usage, cells.ceilings, rates)
+    key_of = _keyer(by)
+    if cells.ceilings:
+        usage = _with_capacity(cells.usage, cells.ceilings, device_rates(cells.whole))
+    else:
+        usage = cells.usage  # no bench, no capacity: absent sums count as 0
     groups: dict[tuple, dict[str, Any]] = {}
 
     def into(key: tuple, cell: Mapping[str, Any]) -> None:
         acc = groups.get(key)
         if acc is None:  # most cells start their row: copy, do not add to zeros
-            get = cell.get
-            groups[key] = {k: get(k, 0) for k in SUMS}
+            groups[key] = {**_FIRST, **cell}
         else:
             _add(acc, cell)
 
     if pm:
         for c in usage:
-            into(_key(c, by), c)
+            into(key_of(c), c)
         if not cells.idle_in_usage and model is None and tenant is None:
-            idle_by = [k if k not in ("model", "tenant") else None for k in by]
+            rest_key = _keyer(by, idle=("model", "tenant"))
             rest: dict[tuple, dict[str, Any]] = {}
-            for c, sign in [(c, 1) for c in cells.whole] + [(c, -1) for c in usage]:
-                key = tuple(IDLE if k is None else v for k, v in zip(idle_by, _key(c, by)))
-                _add(rest.setdefault(key, _zero()), c, sign)
+            for cs, sign in ((cells.whole, 1), (usage, -1)):
+                for c in cs:
+                    key = rest_key(c)
+                    acc = rest.get(key)
+                    if acc is None:
+                        acc = rest[key] = _zero()
+                    _add(acc, c, sign)
             for key, s in rest.items():
                 # Usage energy is the window's energy shared by cost (floats): a rest under a
                 # millijoule is rounding, not an idle device.
@@ -286,12 +330,18 @@ def aggregate(cells: Cells, by: Sequence[str], *, model: str | None = None,
                     into(key, s)
     else:
         cap_by_key: dict[tuple, list[float]] = {}
-        for c in usage:
-            a = cap_by_key.setdefault(_key(c, by), [0.0, 0.0])
-            a[0] += c["capacity_cost_micro"]
-            a[1] += c["capacity_tokens"]
-        for c in cells.whole:
-            into(_key(c, by), c)  # whole cells carry no capacity: it comes from usage below
+        if cells.ceilings:
+            for c in usage:
+                a = cap_by_key.setdefault(key_of(c), [0.0, 0.0])
+                a[0] += c["capacity_cost_micro"]
+                a[1] += c["capacity_tokens"]
+        for c in cells.whole:  # whole cells carry no capacity: it comes from usage below
+            key = key_of(c)
+            acc = groups.get(key)
+            if acc is None:  # into(), written out: a year by hour is 70,000 cells
+                groups[key] = {**_FIRST, **c}
+            else:
+                _add(acc, c)
         for key, (cost, toks) in cap_by_key.items():
             if key in groups:
                 groups[key]["capacity_cost_micro"] += cost
@@ -299,16 +349,23 @@ def aggregate(cells: Cells, by: Sequence[str], *, model: str | None = None,
 
     # The totals are the column sums of the rows' sums (unknown if any row's is unknown).
     total = _zero()
+    sums = list(groups.values())
     for k in SUMS:
-        col = [g[k] for g in groups.values()]
-        total[k] = None if None in col else sum(col, total[k])
+        try:
+            total[k] = sum(map(itemgetter(k), sums), total[k])
+        except TypeError:  # a None: unknown
+            total[k] = None
+    # The idle rest sorts after the models: a plain sort where no key holds it.
+    names = [i for i, k in enumerate(by) if k not in TIME_KEYS]
+    idle_keys = any(key[i] == IDLE for key in groups for i in names)
+    labels = [(k, k in TIME_KEYS) for k in by]
     rows = []
-    for key in sorted(groups, key=_sort_key):
-        s = groups[key]
-        row: dict[str, Any] = {}
-        for k, v in zip(by, key):
-            row[k] = iso(v) if k in TIME_KEYS else v
-        row.update(figures(s))
+    for key in sorted(groups, key=_sort_key) if idle_keys else sorted(groups):
+        # The figures, then the group's keys (renderers take columns by name): one dict built
+        # once per row, not merged into another.
+        row = figures(groups[key])
+        for (k, is_time), v in zip(labels, key):
+            row[k] = iso(v) if is_time else v
         rows.append(row)
     return Report(by=by, rows=rows, totals=figures(total), currency=cells.currency, per_model=pm)
 

@@ -176,3 +176,33 @@ def test_unknown_cost_split_stays_unknown_and_uncovered_tokens_get_no_capacity()
     rep = aggregate(cells, ["model"])
     assert rep.rows[0]["cost_capex_micro"] is None and rep.rows[0]["util_pct"] is None
     assert rep.rows[0]["cost_per_mtok"] == 10.0 and rep.rows[0]["capacity_cost_per_mtok"] is None
+
+
+def test_aggregate_reads_its_cells_and_never_changes_them(fleet):
+    import copy
+
+    for by in (["model", "hour"], ["hour", "device"], ["tenant"]):
+        cells = read_store(fleet, by, Filters())
+        before = copy.deepcopy(cells)
+        first = aggregate(cells, by)
+        assert cells == before, by
+        assert aggregate(cells, by) == first, by  # the same cells give the same report
+
+
+def test_an_unknown_sum_makes_its_row_and_the_total_unknown_and_the_rest_stays_exact():
+    def cell(t, capex, cost):
+        return {"node": "n", "device": "d", "t": t, "seconds": 60.0, "energy_j": 10.0, "util_pct_s": 600.0,
+                "prompt_tokens": 5, "completion_tokens": 5, "cost_capex_micro": capex,
+                "cost_energy_micro": 1, "cost_opex_micro": 1, "cost_micro": cost, "cost_prompt_micro": cost // 2,
+                "cost_completion_micro": cost - cost // 2, "idle_cost_micro": 0}
+
+    # Two cells in hour 0 (one split unknown), one in hour 1; a node named like the idle rest
+    # still sorts after the others.
+    cells = Cells(whole=[cell(MON + 60, None, 12), cell(MON + HOUR + 60, 10, 12), cell(MON + 120, 7, 9)],
+                  currency="USD")
+    rep = aggregate(cells, ["hour"])
+    assert table(rep, "cost_capex_micro", "cost_micro", "seconds") == {
+        ("2026-11-23T00:00:00Z",): (None, 21, 120.0), ("2026-11-23T01:00:00Z",): (10, 12, 60.0)}
+    assert rep.totals["cost_capex_micro"] is None and rep.totals["cost_micro"] == 33
+    cells.whole.append({**cell(MON, 1, 1), "node": IDLE})
+    assert [r["node"] for r in aggregate(cells, ["node"]).rows] == ["n", IDLE]
