@@ -4,7 +4,8 @@ version on (``PRAGMA user_version``).
 
 Tables: ``samples`` (raw device readings, pruned after N days), ``windows`` (billed minutes, kept
 for good; also the outbox), ``window_usage`` (per model and tenant inside a window),
-``rollups`` (hourly and daily sums maintained as windows close) and ``bench_results``.
+``rollups`` (hourly and daily sums maintained as windows close; schema 2 adds the idle windows'
+seconds) and ``bench_results``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import sqlite_utils
 from agent.sqlite_tx import Immediate
 
 BUSY_TIMEOUT_MS = 10_000
+#: The rollups' periods and their lengths in seconds.
+PERIODS = {"hour": 3600, "day": 86400}
 
 
 def default_db_path() -> Path:
@@ -149,8 +152,41 @@ def _m1_initial(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m2_idle_seconds(db: sqlite_utils.Database) -> None:
+    """The time and utilization x time of the windows that served no tokens, on each device's
+    whole rollup row (model '' and tenant ''), so that a report's (idle) row shows them. Rollups
+    whose windows are all still stored are filled in from those windows; one whose windows were
+    partly dropped (enforce_budget) keeps 0, as its idle time is no longer known."""
+    _script(
+        db,
+        """
+        ALTER TABLE rollups ADD COLUMN idle_seconds REAL NOT NULL DEFAULT 0;
+        ALTER TABLE rollups ADD COLUMN idle_util_pct_s REAL NOT NULL DEFAULT 0
+        """,
+    )
+    idle = "prompt_tokens + completion_tokens = 0"
+    for period, size in PERIODS.items():
+        # One pass over the windows per period (UPDATE ... FROM, SQLite 3.33+), not a subquery
+        # per rollup row: a year of minute windows is millions of rows.
+        db.conn.execute(
+            f"""
+            UPDATE rollups SET idle_seconds = w.seconds, idle_util_pct_s = w.util_s
+            FROM (SELECT node, device, (CAST(start AS INTEGER) / {size}) * {size} AS bucket,
+                         count(*) AS n,
+                         sum(CASE WHEN {idle} THEN end - start ELSE 0 END) AS seconds,
+                         sum(CASE WHEN {idle} THEN coalesce(util_pct, 0) * (end - start) ELSE 0 END)
+                             AS util_s
+                  FROM windows GROUP BY node, device, bucket) AS w
+            WHERE rollups.period = ? AND rollups.model = '' AND rollups.tenant = ''
+              AND rollups.node = w.node AND rollups.device = w.device AND rollups.bucket = w.bucket
+              AND rollups.windows = w.n
+            """,
+            [period],
+        )
+
+
 #: Append only. Each entry moves the schema from version i to i+1.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial]
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_idle_seconds]
 
 
 class Store:
@@ -382,24 +418,26 @@ _USAGE_COLS = (
 _ROLLUP_SUMS = (
     "windows", "seconds", "energy_j", "util_pct_s", "prompt_tokens", "completion_tokens",
     "cost_capex_micro", "cost_energy_micro", "cost_opex_micro", "cost_micro", "cost_prompt_micro",
-    "cost_completion_micro", "idle_cost_micro",
+    "cost_completion_micro", "idle_cost_micro", "idle_seconds", "idle_util_pct_s",
 )
-PERIODS = {"hour": 3600, "day": 86400}
 
 
 def _roll_up(c: sqlite3.Connection, w: dict[str, Any], usage: list[dict[str, Any]]) -> None:
     """Add one window to its hourly and daily rollups: one row for the device as a whole
-    (model '' and tenant '': energy, time and idle cost included) and one per usage row."""
+    (model '' and tenant '': energy, time and idle cost included; a window with no tokens adds
+    its cost, seconds and utilization x seconds to the idle sums too) and one per usage row."""
     seconds = w["end"] - w["start"]
     util_s = (w["util_pct"] or 0.0) * seconds if w["util_pct"] is not None else 0.0
     tokens = w["prompt_tokens"] + w["completion_tokens"]
+    idle = tokens == 0
     rows = [("", "", {
         "windows": 1, "seconds": seconds, "energy_j": w["energy_j"] or 0.0, "util_pct_s": util_s,
         "prompt_tokens": w["prompt_tokens"], "completion_tokens": w["completion_tokens"],
         "cost_capex_micro": w["cost_capex_micro"], "cost_energy_micro": w["cost_energy_micro"],
         "cost_opex_micro": w["cost_opex_micro"], "cost_micro": w["cost_micro"],
         "cost_prompt_micro": w["cost_prompt_micro"], "cost_completion_micro": w["cost_completion_micro"],
-        "idle_cost_micro": w["cost_micro"] if tokens == 0 else 0,
+        "idle_cost_micro": w["cost_micro"] if idle else 0,
+        "idle_seconds": seconds if idle else 0.0, "idle_util_pct_s": util_s if idle else 0.0,
     })]
     for u in usage:
         rows.append((u["model"], u["tenant"], {
@@ -408,7 +446,7 @@ def _roll_up(c: sqlite3.Connection, w: dict[str, Any], usage: list[dict[str, Any
             "cost_capex_micro": u["cost_capex_micro"], "cost_energy_micro": u["cost_energy_micro"],
             "cost_opex_micro": u["cost_opex_micro"], "cost_micro": u["cost_micro"],
             "cost_prompt_micro": u["cost_prompt_micro"], "cost_completion_micro": u["cost_completion_micro"],
-            "idle_cost_micro": 0,
+            "idle_cost_micro": 0, "idle_seconds": 0.0, "idle_util_pct_s": 0.0,
         }))
     sums = ", ".join(_ROLLUP_SUMS)
     params = ", ".join(":" + k for k in _ROLLUP_SUMS)

@@ -112,7 +112,10 @@ ROLLUP_SQL = {
             sum(coalesce(util_pct, 0) * (end - start)), sum(prompt_tokens), sum(completion_tokens),
             sum(cost_capex_micro), sum(cost_energy_micro), sum(cost_opex_micro), sum(cost_micro),
             sum(cost_prompt_micro), sum(cost_completion_micro),
-            sum(CASE WHEN prompt_tokens + completion_tokens = 0 THEN cost_micro ELSE 0 END)
+            sum(CASE WHEN prompt_tokens + completion_tokens = 0 THEN cost_micro ELSE 0 END),
+            sum(CASE WHEN prompt_tokens + completion_tokens = 0 THEN end - start ELSE 0.0 END),
+            sum(CASE WHEN prompt_tokens + completion_tokens = 0
+                     THEN coalesce(util_pct, 0) * (end - start) ELSE 0.0 END)
         FROM windows GROUP BY 2, node, device""",
     "usage": """
         INSERT INTO rollups SELECT ?, (CAST(w.start AS INTEGER) / ?) * ?, w.node, w.device, u.model,
@@ -120,7 +123,7 @@ ROLLUP_SQL = {
             sum(coalesce(w.util_pct, 0) * (w.end - w.start)), sum(u.prompt_tokens),
             sum(u.completion_tokens), sum(u.cost_capex_micro), sum(u.cost_energy_micro),
             sum(u.cost_opex_micro), sum(u.cost_micro), sum(u.cost_prompt_micro),
-            sum(u.cost_completion_micro), 0
+            sum(u.cost_completion_micro), 0, 0.0, 0.0
         FROM window_usage u JOIN windows w ON w.id = u.window_id
         GROUP BY 2, w.node, w.device, u.model, u.tenant""",
 }

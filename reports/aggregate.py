@@ -10,8 +10,9 @@ model, tenant, and a time bucket when the report is by time), in two kinds:
 
 A report grouped by model or tenant (or filtered by one) is made of usage cells, plus one
 ``(idle)`` row per group for what no model took (the whole minus the usage), so that idle cost is
-shown, never hidden, and the totals stay the whole fleet's. Any other report is made of whole
-cells.
+shown, never hidden, and the totals stay the whole fleet's. Its seconds and utilization are those
+of the windows that served no tokens (whole cells' ``idle_seconds`` and ``idle_util_pct_s``).
+Any other report is made of whole cells.
 
 Exactness: money is summed as integer micro-units, tokens as integers; every ratio is a ratio of
 sums (never a mean of ratios); the totals are sums of the rows' sums, so a report's totals equal
@@ -48,7 +49,8 @@ WEEK_EPOCH = 4 * 86400
 INT_SUMS = ("prompt_tokens", "completion_tokens", "cost_capex_micro", "cost_energy_micro",
             "cost_opex_micro", "cost_micro", "cost_prompt_micro", "cost_completion_micro",
             "idle_cost_micro")
-FLOAT_SUMS = ("seconds", "energy_j", "util_pct_s", "capacity_cost_micro", "capacity_tokens")
+FLOAT_SUMS = ("seconds", "energy_j", "util_pct_s", "capacity_cost_micro", "capacity_tokens",
+              "idle_seconds", "idle_util_pct_s")
 SUMS = INT_SUMS + FLOAT_SUMS
 
 
@@ -323,10 +325,11 @@ def aggregate(cells: Cells, by: Sequence[str], *, model: str | None = None,
                 # Usage energy is the window's energy shared by cost (floats): a rest under a
                 # millijoule is rounding, not an idle device.
                 if s["cost_micro"] or abs(s["energy_j"] or 0.0) > 1e-3:
-                    # Seconds and utilization of the idle rest are not known from sums: usage
-                    # cells repeat a window's seconds for each model that ran in it.
-                    s.update(seconds=0.0, util_pct_s=0.0, capacity_cost_micro=0.0,
-                             capacity_tokens=0.0, idle_cost_micro=s["cost_micro"])
+                    # The rest's time is the idle windows' (whole minus usage would not do: usage
+                    # cells repeat a window's seconds for each model that ran in it).
+                    s.update(seconds=s["idle_seconds"], util_pct_s=s["idle_util_pct_s"],
+                             capacity_cost_micro=0.0, capacity_tokens=0.0,
+                             idle_cost_micro=s["cost_micro"])
                     into(key, s)
     else:
         cap_by_key: dict[tuple, list[float]] = {}

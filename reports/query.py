@@ -117,19 +117,23 @@ def plan(lo: float, hi: float, max_period: int) -> list[tuple[str, float, float]
     return out
 
 
-_ROLLUP_SUMS = ("seconds", "energy_j", "util_pct_s", "prompt_tokens", "completion_tokens",
-                "cost_capex_micro", "cost_energy_micro", "cost_opex_micro", "cost_micro",
-                "cost_prompt_micro", "cost_completion_micro", "idle_cost_micro")
+_COUNTED = ("prompt_tokens", "completion_tokens", "cost_capex_micro", "cost_energy_micro",
+            "cost_opex_micro", "cost_micro", "cost_prompt_micro", "cost_completion_micro")
+_ROLLUP_SUMS = ("seconds", "energy_j", "util_pct_s", *_COUNTED, "idle_cost_micro", "idle_seconds",
+                "idle_util_pct_s")
+_IDLE_WINDOW = "w.prompt_tokens + w.completion_tokens = 0"
 _RAW_WHOLE = {
     "seconds": "w.end - w.start", "energy_j": "coalesce(w.energy_j, 0)",
     "util_pct_s": "coalesce(w.util_pct, 0) * (w.end - w.start)",
-    **{k: f"w.{k}" for k in _ROLLUP_SUMS[3:-1]},
-    "idle_cost_micro": "CASE WHEN w.prompt_tokens + w.completion_tokens = 0 THEN w.cost_micro ELSE 0 END",
+    **{k: f"w.{k}" for k in _COUNTED},
+    "idle_cost_micro": f"CASE WHEN {_IDLE_WINDOW} THEN w.cost_micro ELSE 0 END",
+    "idle_seconds": f"CASE WHEN {_IDLE_WINDOW} THEN w.end - w.start ELSE 0.0 END",
+    "idle_util_pct_s": f"CASE WHEN {_IDLE_WINDOW} THEN coalesce(w.util_pct, 0) * (w.end - w.start) ELSE 0.0 END",
 }
 _RAW_USAGE = {
     "seconds": "w.end - w.start", "energy_j": "coalesce(u.energy_j, 0)",
     "util_pct_s": "coalesce(w.util_pct, 0) * (w.end - w.start)",
-    **{k: f"u.{k}" for k in _ROLLUP_SUMS[3:-1]}, "idle_cost_micro": "0",
+    **{k: f"u.{k}" for k in _COUNTED}, "idle_cost_micro": "0", "idle_seconds": "0.0", "idle_util_pct_s": "0.0",
 }
 
 

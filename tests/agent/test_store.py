@@ -103,3 +103,49 @@ def test_samples_are_pruned_by_age(tmp_path):
                       for t in (10.0, 20.0, 30.0)])
     assert s.prune_samples(before=25.0) == 2
     assert s.conn.execute("SELECT at FROM samples").fetchall() == [(30.0,)]
+
+
+def test_migration_2_adds_idle_time_to_a_version_1_store_and_keeps_its_data(tmp_path):
+    import sqlite_utils
+
+    p = tmp_path / "v1.db"
+    conn = sqlite3.connect(p, isolation_level=None)
+    MIGRATIONS[0](sqlite_utils.Database(conn))
+    conn.execute("PRAGMA user_version = 1")
+    # What a version-1 agent wrote: an idle and a busy window in hour 1, one idle window of the
+    # five of hour 2 (enforce_budget dropped the others), their rollups (no idle time), and a
+    # usage row's rollup.
+    idle = {"prompt_tokens": 0, "completion_tokens": 0, "util_pct": 20.0}
+    windows = [_window(3600.0) | idle, _window(3660.0), _window(7200.0) | idle]
+    cols = list(windows[0])
+    conn.executemany(f"INSERT INTO windows({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                     [[w[k] for k in cols] for w in windows])
+    v1 = ("INSERT INTO rollups VALUES (?, ?, 'n', 'GPU-1', ?, '', ?, ?, 200.0, ?, 30, 10, 1800, 160, 40, 2000,"
+          " 800, 1200, ?)")
+    conn.executemany(v1, [("hour", 3600.0, "", 2, 120.0, 6000.0, 1000), ("hour", 3600.0, "m", 1, 60.0, 3000.0, 0),
+                          ("hour", 7200.0, "", 5, 300.0, 6000.0, 5000), ("day", 0.0, "", 7, 420.0, 1.2e4, 6000)])
+    conn.close()
+
+    s = Store(p)
+    assert s.schema_version() == 2
+    assert {"idle_seconds", "idle_util_pct_s"} <= set(s.db["rollups"].columns_dict)
+    rows = s.conn.execute("SELECT period, bucket, model, windows, seconds, cost_micro, idle_cost_micro,"
+                          " idle_seconds, idle_util_pct_s FROM rollups ORDER BY period, bucket, model").fetchall()
+    assert rows == [("day", 0.0, "", 7, 420.0, 2000, 6000, 0.0, 0.0),  # windows dropped: not known
+                    ("hour", 3600.0, "", 2, 120.0, 2000, 1000, 60.0, 1200.0),  # from its windows
+                    ("hour", 3600.0, "m", 1, 60.0, 2000, 0, 0.0, 0.0),  # usage rows hold no idle time
+                    ("hour", 7200.0, "", 5, 300.0, 2000, 5000, 0.0, 0.0)]
+    assert [w["start"] for w in s.windows()] == [3600.0, 3660.0, 7200.0]
+    s.close()
+    assert Store(p).schema_version() == 2  # reopening does not migrate again
+
+
+def test_rollups_count_idle_windows_time_and_utilization(tmp_path):
+    s = Store(tmp_path / "m.db")
+    idle = _window(3600.0) | {"prompt_tokens": 0, "completion_tokens": 0, "util_pct": 20.0}
+    s.commit_windows([(idle, []), (_window(3660.0), _usage()),
+                      (_window(3720.0) | {"prompt_tokens": 0, "completion_tokens": 0, "util_pct": None}, [])])
+    rows = s.conn.execute("SELECT period, model, seconds, idle_seconds, util_pct_s, idle_util_pct_s FROM rollups"
+                          " ORDER BY period, model").fetchall()
+    assert rows == [("day", "", 180.0, 120.0, 4200.0, 1200.0), ("day", "m", 60.0, 0.0, 3000.0, 0.0),
+                    ("hour", "", 180.0, 120.0, 4200.0, 1200.0), ("hour", "m", 60.0, 0.0, 3000.0, 0.0)]

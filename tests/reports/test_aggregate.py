@@ -206,3 +206,26 @@ def test_an_unknown_sum_makes_its_row_and_the_total_unknown_and_the_rest_stays_e
     assert rep.totals["cost_capex_micro"] is None and rep.totals["cost_micro"] == 33
     cells.whole.append({**cell(MON, 1, 1), "node": IDLE})
     assert [r["node"] for r in aggregate(cells, ["node"]).rows] == ["n", IDLE]
+
+
+def test_the_idle_row_shows_the_idle_windows_time_and_utilization(store):
+    from tests.reports.conftest import window
+
+    store.commit_windows([
+        window("n1", "GPU-0", MON, capex=600, energy=100, opex=100, energy_j=1200.0, util=20.0),
+        window("n1", "GPU-0", MON + 60, capex=600, energy=200, opex=100, energy_j=2400.0, util=40.0),
+        window("n1", "GPU-0", MON + 120, capex=600, energy=300, opex=100, energy_j=6000.0, util=90.0,
+               usage=[("a", "", 1000, 500, 400, 600, 600, 300, 100)])])
+    # Rollups (daily, hourly) and raw windows (a range under an hour) give the same idle row.
+    for by, f in ((["model"], {}), (["model", "hour"], {}), (["tenant"], {}),
+                  (["model"], {"since": MON, "until": MON + HOUR - 1})):
+        rep = report(store, *by, **f)
+        idle = rep.rows[-1]
+        assert idle[by[0]] == IDLE and idle["cost_micro"] == idle["idle_cost_micro"] == 1700, (by, f)
+        assert idle["seconds"] == 120.0 and idle["util_pct"] == pytest.approx(30.0), (by, f)
+        assert idle["energy_j"] == pytest.approx(3600.0) and idle["avg_power_w"] == pytest.approx(30.0)
+        assert idle["tokens_per_s"] == 0.0 and idle["cost_per_mtok"] is None
+        a = rep.rows[0]
+        assert (a["seconds"], a["util_pct"]) == (60.0, pytest.approx(90.0)), (by, f)
+        assert rep.totals["seconds"] == 180.0 and rep.totals["util_pct"] == pytest.approx(50.0)
+        assert_totals_are_sums(rep)
