@@ -49,9 +49,11 @@ WEEK_EPOCH = 4 * 86400
 INT_SUMS = ("prompt_tokens", "completion_tokens", "cost_capex_micro", "cost_energy_micro",
             "cost_opex_micro", "cost_micro", "cost_prompt_micro", "cost_completion_micro",
             "idle_cost_micro")
-FLOAT_SUMS = ("seconds", "energy_j", "util_pct_s", "capacity_cost_micro", "capacity_tokens",
-              "idle_seconds", "idle_util_pct_s")
+FLOAT_SUMS = ("seconds", "energy_j", "util_pct_s", "capacity_cost_micro", "capacity_tokens")
 SUMS = INT_SUMS + FLOAT_SUMS
+#: Whole cells' time and utilization x time of their windows with no tokens: read only for the
+#: (idle) rest of a report by model or tenant (a cell without them counts 0).
+IDLE_TIME = ("idle_seconds", "idle_util_pct_s")
 
 
 class ReportError(ValueError):
@@ -319,8 +321,14 @@ def aggregate(cells: Cells, by: Sequence[str], *, model: str | None = None,
                     key = rest_key(c)
                     acc = rest.get(key)
                     if acc is None:
-                        acc = rest[key] = _zero()
+                        acc = rest[key] = {**_zero(), **dict.fromkeys(IDLE_TIME, 0.0)}
                     _add(acc, c, sign)
+                    if sign > 0:  # the idle windows' time: whole cells only
+                        for k in IDLE_TIME:
+                            try:
+                                acc[k] += c.get(k, 0)
+                            except TypeError:  # None: unknown
+                                acc[k] = None
             for key, s in rest.items():
                 # Usage energy is the window's energy shared by cost (floats): a rest under a
                 # millijoule is rounding, not an idle device.

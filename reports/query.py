@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from agent.events import parse_iso
 from agent.store import Store
-from reports.aggregate import IDLE, Ceiling, Cells, ReportError, iso, per_model
+from reports.aggregate import IDLE, IDLE_TIME, Ceiling, Cells, ReportError, iso, per_model
 
 if TYPE_CHECKING:
     import httpx
@@ -119,8 +119,7 @@ def plan(lo: float, hi: float, max_period: int) -> list[tuple[str, float, float]
 
 _COUNTED = ("prompt_tokens", "completion_tokens", "cost_capex_micro", "cost_energy_micro",
             "cost_opex_micro", "cost_micro", "cost_prompt_micro", "cost_completion_micro")
-_ROLLUP_SUMS = ("seconds", "energy_j", "util_pct_s", *_COUNTED, "idle_cost_micro", "idle_seconds",
-                "idle_util_pct_s")
+_ROLLUP_SUMS = ("seconds", "energy_j", "util_pct_s", *_COUNTED, "idle_cost_micro", *IDLE_TIME)
 _IDLE_WINDOW = "w.prompt_tokens + w.completion_tokens = 0"
 _RAW_WHOLE = {
     "seconds": "w.end - w.start", "energy_j": "coalesce(w.energy_j, 0)",
@@ -133,7 +132,7 @@ _RAW_WHOLE = {
 _RAW_USAGE = {
     "seconds": "w.end - w.start", "energy_j": "coalesce(u.energy_j, 0)",
     "util_pct_s": "coalesce(w.util_pct, 0) * (w.end - w.start)",
-    **{k: f"u.{k}" for k in _COUNTED}, "idle_cost_micro": "0", "idle_seconds": "0.0", "idle_util_pct_s": "0.0",
+    **{k: f"u.{k}" for k in _COUNTED}, "idle_cost_micro": "0",
 }
 
 
@@ -142,12 +141,12 @@ def _bucket_sql(col: str, size: int | None) -> str:
 
 
 def _cells(store: Store, source: str, lo: float, hi: float, f: Filters, size: int | None,
-           usage: bool) -> list[dict[str, Any]]:
+           usage: bool, idle_time: bool = False) -> list[dict[str, Any]]:
     where, args = [], []
     if source == "raw":
         t = "w."
         where += ["w.start >= ?", "w.start < ?"]
-        sums = _RAW_USAGE if usage else _RAW_WHOLE
+        sums = dict(_RAW_USAGE if usage else _RAW_WHOLE)
         # Windows by their start first, then their usage rows: without statistics SQLite would
         # scan every usage row (or every window, to save a sort for the GROUP BY).
         frm = "windows w INDEXED BY windows_start" + (
@@ -161,6 +160,9 @@ def _cells(store: Store, source: str, lo: float, hi: float, f: Filters, size: in
         frm = "rollups"
         time_col, m = "bucket", ""
         where.append("model != ''" if usage else "model = '' AND tenant = ''")
+    if usage or not idle_time:  # read only for the (idle) row of a report by model or tenant
+        for k in IDLE_TIME:
+            sums.pop(k, None)
     args += [lo, hi]
     for col in ("node", "device"):
         if getattr(f, col) is not None:
@@ -207,7 +209,7 @@ def read_store(store: Store, by: Sequence[str], f: Filters, *, with_bench: bool 
     cells = Cells(currency=first[1])
     if lo < hi:
         for source, a, b in plan(lo, hi, HOUR if size == HOUR else DAY):
-            cells.whole += _cells(store, source, a, b, f, size, usage=False)
+            cells.whole += _cells(store, source, a, b, f, size, usage=False, idle_time=pm)
         if with_bench:
             devices = sorted({w["device"] for w in cells.whole})
             cells.ceilings, cells.capacity = read_ceilings(store, devices)
