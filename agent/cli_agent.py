@@ -44,6 +44,7 @@ def _open_store(path: str | None, config: Config | None = None):
 
 
 DEFAULT_PUSH_LISTEN = "127.0.0.1:9465"
+DEFAULT_LAST_WINDOWS = 200
 
 
 def _start_push(listen: str):
@@ -234,7 +235,7 @@ def window_json(w: dict) -> dict:
 @click.option("--since", help="From this time: ISO-8601 or a span back from now (1h, 7d).")
 @click.option("--until", help="Up to this time (exclusive).")
 @click.option("--device", help="Only this device id.")
-@click.option("--limit", type=click.IntRange(min=1), help="At most this many windows (the oldest first).")
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many windows, the oldest first (without --since or --limit: the newest 200).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list for scripts.")
 def windows_cmd(db_path, since, until, device, limit, as_json) -> None:
     """The stored windows: energy, tokens and cost per device per window."""
@@ -248,9 +249,12 @@ def windows_cmd(db_path, since, until, device, limit, as_json) -> None:
         raise click.ClickException(str(e)) from None
     store = _open_store(db_path)
     try:
-        rows = [window_json(w) for w in store.windows(t0, t1, device, limit)]
+        last = DEFAULT_LAST_WINDOWS if since is None and limit is None else None
+        rows = [window_json(w) for w in store.windows(t0, t1, device, limit, last=last)]
     finally:
         store.close()
+    if last is not None and len(rows) == last:
+        click.echo(f"the newest {last} windows; --since or --limit for others", err=True)
     if as_json:
         click.echo(json.dumps(rows))
         return

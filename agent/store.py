@@ -277,7 +277,10 @@ class Store:
         return row[0]
 
     def windows(self, since: float | None = None, until: float | None = None,
-                device: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+                device: str | None = None, limit: int | None = None,
+                last: int | None = None) -> list[dict[str, Any]]:
+        """Windows in [since, until) by start, oldest first: the first ``limit`` of them, or
+        the newest ``last``."""
         where, args = [], []
         if since is not None:
             where.append("start >= ?"), args.append(since)
@@ -286,6 +289,8 @@ class Store:
         if device is not None:
             where.append("device = ?"), args.append(device)
         sql = "SELECT * FROM windows" + (" WHERE " + " AND ".join(where) if where else "")
+        if last is not None:
+            return list(self.db.query(sql + f" ORDER BY start DESC, device DESC LIMIT {int(last)}", args))[::-1]
         sql += " ORDER BY start, device"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"

@@ -149,3 +149,11 @@ def test_rollups_count_idle_windows_time_and_utilization(tmp_path):
                           " ORDER BY period, model").fetchall()
     assert rows == [("day", "", 180.0, 120.0, 4200.0, 1200.0), ("day", "m", 60.0, 0.0, 3000.0, 0.0),
                     ("hour", "", 180.0, 120.0, 4200.0, 1200.0), ("hour", "m", 60.0, 0.0, 3000.0, 0.0)]
+
+
+def test_windows_first_or_newest(tmp_path):
+    s = Store(tmp_path / "m.db")
+    s.commit_windows([(_window(3600.0 + 60 * i), []) for i in range(5)])
+    assert [w["start"] for w in s.windows(limit=2)] == [3600.0, 3660.0]
+    assert [w["start"] for w in s.windows(last=2)] == [3780.0, 3840.0]
+    assert [w["start"] for w in s.windows(until=3780.0, last=2)] == [3660.0, 3720.0]
