@@ -4,12 +4,23 @@
 #   1. `meter status --json` and `nvidia-smi --query-gpu=...` taken at the same moment (issue 2)
 #   2. bench/gpu_check.py: our CuPy kernels beside PyTorch, ours/torch per kernel (issue 3)
 #   3. a short `meter agent` on the real NVML: windows with counter energy (issue 5)
+#
+# The GPU machine has no network. Its image has CuPy, PyTorch, nvidia-ml-py, psutil, click, httpx,
+# rich, numpy and prometheus-client, not sqlite-utils: carry those wheels (pure Python), once, here:
+#   echo /.whl/ >> .git/info/exclude
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl \
+#       sqlite-utils sqlite-fts4 click-default-group
+# and call the device tool with carry [".whl"] and command `bash bench/gpu_device_check.sh`.
 set -uo pipefail
 out="${OUT:-gpu-check}"; mkdir -p "$out"
 export PYTHONUNBUFFERED=1
-python3 -m pip install -q --no-deps -e . >/dev/null 2>&1 || python3 -m pip install -q -e . >/dev/null 2>&1
-python3 -c "import pynvml, psutil, click, sqlite_utils, httpx, rich" 2>/dev/null \
-  || python3 -m pip install -q nvidia-ml-py psutil click sqlite-utils httpx rich prometheus_client >/dev/null 2>&1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+python3 -c "import pynvml, psutil, click, sqlite_utils, httpx, rich" \
+  || { echo "missing Python packages: carry their wheels in .whl (see the top of this script)"; exit 2; }
 {
   echo "== nvidia-smi (before) =="; nvidia-smi --query-gpu=index,name,power.draw,utilization.gpu,memory.used --format=csv
   echo "== meter status --json =="; python3 -m agent.cli status --json
