@@ -6,6 +6,7 @@ import dataclasses
 import json
 import logging
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -37,9 +38,7 @@ def _open_store(path: str | None, config: Config | None = None):
     p = path or (config.store if config else None)
     try:
         return Store(p)
-    except (OSError, RuntimeError) as e:
-        raise click.ClickException(f"cannot open the store {p or 'at the default path'}: {e}") from None
-    except Exception as e:  # sqlite3.DatabaseError: not a database, locked beyond the timeout
+    except (OSError, RuntimeError, sqlite3.Error) as e:  # unwritable, newer schema, not a database
         raise click.ClickException(f"cannot open the store {p or 'at the default path'}: {e}") from None
 
 

@@ -309,8 +309,8 @@ def _source(i: int, s: Any) -> SourceConfig:
         for req in ("prompt_metric", "completion_metric"):
             _string(f"{key}.{req}", s.get(req))
     opt = {k: _string(f"{key}.{k}", s[k]) for k in ("name", "model", "prompt_metric", "completion_metric", "model_label") if k in s}
-    return SourceConfig(kind=kind, url=url, devices=tuple(str(d) for d in devices),
-                        **({"name": opt.pop("name")} if "name" in opt else {"name": f"{kind}-{i}"}), **opt)
+    opt.setdefault("name", f"{kind}-{i}")
+    return SourceConfig(kind=kind, url=url, devices=tuple(str(d) for d in devices), **opt)
 
 
 def load_config(path: str | Path) -> Config:

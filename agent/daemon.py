@@ -133,7 +133,6 @@ class Agent:
         self.builders: dict[str, WindowBuilder] = {}
         self.config_hash = config.hash()
         self.summary = RunSummary()
-        self.on_round: list[Callable[[RunSummary], None]] = []
 
     def _set_sources(self, config: Config) -> None:
         self.sources = []
@@ -304,8 +303,6 @@ class Agent:
         self.summary.last_sample_wall = tick.wall
         self.state.last_sample_wall = tick.wall
         self.state.gaps = dict(self.summary.gaps)
-        for cb in self.on_round:
-            cb(self.summary)
 
     def _commit(self, rows) -> None:
         self.summary.windows += self.store.commit_windows(rows)

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any
 
 from rich.table import Table
 
+from agent.events import iso
 from probes.readings import DeviceSample, Reading
-
-
-def iso_utc(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _val(r: Reading | None) -> float | None:
@@ -42,7 +38,7 @@ def sample_json(s: DeviceSample) -> dict[str, Any]:
 
 def status_json(node: str, at: float, samples: list[DeviceSample], gpu_note: str | None = None) -> dict[str, Any]:
     """``gpu_note`` says why there is no GPU, when there is none."""
-    out: dict[str, Any] = {"node": node, "time": iso_utc(at), "devices": [sample_json(s) for s in samples]}
+    out: dict[str, Any] = {"node": node, "time": iso(at), "devices": [sample_json(s) for s in samples]}
     if gpu_note:
         out["gpu_note"] = gpu_note
     return out
@@ -54,7 +50,7 @@ def _gib(n: int | None) -> str:
 
 def status_table(node: str, at: float, samples: list[DeviceSample], gpu_note: str | None = None) -> Table:
     """One row per device, like nvidia-smi: every figure shows its source beside it."""
-    t = Table(title=f"{node}  {iso_utc(at)}", title_justify="left")
+    t = Table(title=f"{node}  {iso(at)}", title_justify="left")
     for col, justify in (("#", "right"), ("device", "left"), ("state", "left"), ("power W", "right"),
                          ("source", "left"), ("energy kJ", "right"), ("util %", "right"),
                          ("mem GiB", "right"), ("temp °C", "right"), ("clock MHz", "right")):

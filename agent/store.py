@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 
 import sqlite_utils
 
-from agent.sqlite_tx import Immediate
+from agent.sqlite_tx import Immediate, run_script
 
 BUSY_TIMEOUT_MS = 10_000
 #: The rollups' periods and their lengths in seconds.
@@ -34,16 +34,9 @@ def default_db_path() -> Path:
     return Path(data) / "meterd" / "meterd.db"
 
 
-def _script(db: sqlite_utils.Database, sql: str) -> None:
-    """Statement by statement: ``executescript`` would COMMIT the migration's transaction."""
-    for stmt in sql.split(";"):
-        if stmt.strip():
-            db.conn.execute(stmt)
-
-
 def _m1_initial(db: sqlite_utils.Database) -> None:
-    _script(
-        db,
+    run_script(
+        db.conn,
         """
         CREATE TABLE samples (
             id INTEGER PRIMARY KEY,
@@ -157,8 +150,8 @@ def _m2_idle_seconds(db: sqlite_utils.Database) -> None:
     whole rollup row (model '' and tenant ''), so that a report's (idle) row shows them. Rollups
     whose windows are all still stored are filled in from those windows; one whose windows were
     partly dropped (enforce_budget) keeps 0, as its idle time is no longer known."""
-    _script(
-        db,
+    run_script(
+        db.conn,
         """
         ALTER TABLE rollups ADD COLUMN idle_seconds REAL NOT NULL DEFAULT 0;
         ALTER TABLE rollups ADD COLUMN idle_util_pct_s REAL NOT NULL DEFAULT 0

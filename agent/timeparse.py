@@ -4,7 +4,8 @@ relative to now (``90s``, ``15m``, ``24h``, ``7d``, ``2w``), and ``now``. Pure."
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+
+from agent.events import parse_iso
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -22,11 +23,8 @@ def parse_when(text: str, now: float) -> float:
     if m:
         return now - float(m[1]) * _UNITS[m[2]]
     try:
-        dt = datetime.fromisoformat(t.replace("Z", "+00:00"))
+        return parse_iso(t)
     except ValueError:
         raise TimeParseError(
             f"{text!r} is not a time: use ISO-8601 (2026-11-27 or 2026-11-27T12:00Z) or a span back "
             "from now (30m, 24h, 7d)") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()

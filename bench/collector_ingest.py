@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from agent.events import BATCH_CONTENT_TYPE, event_id, window_event  # noqa: E402
 from collector.auth import create_token  # noqa: E402
-from collector.store import _USAGE_COLS, _WINDOW_COLS, SQLiteStore  # noqa: E402
+from collector.store import SQLiteStore, insert_rows, table_rows  # noqa: E402
 from collector.validation import check_batch  # noqa: E402
 
 T0 = 1_795_824_000.0
@@ -124,29 +124,15 @@ def bench_sqlite(db: Path, batches: list[list[dict]]) -> float:
     store = SQLiteStore(db)  # creates the schema with the same pragmas
     conn = store.conn
     parsed_batches = [check_batch(b)[0] for b in batches]  # flattening is not timed
-    wsql = f"INSERT INTO windows ({', '.join(_WINDOW_COLS)}) VALUES ({', '.join('?' * len(_WINDOW_COLS))})"
-    usql = f"INSERT INTO usage ({', '.join(_USAGE_COLS)}) VALUES ({', '.join('?' * len(_USAGE_COLS))})"
-    rows = []
-    seq = 0
+    rows, seq = [], 0
     for parsed in parsed_batches:
-        ev, win, use = [], [], []
-        for p in parsed:
-            seq += 1
-            ev.append((seq, p.source, p.id, 0.0, p.raw))
-            w = {**p.window, "seq": seq}
-            win.append(tuple(w[k] for k in _WINDOW_COLS))
-            for u in p.usage:
-                row = {**u, "seq": seq, "node": w["node"], "device": w["device"],
-                       "start": w["start"], "currency": w["currency"]}
-                use.append(tuple(row[k] for k in _USAGE_COLS))
-        rows.append((ev, win, use))
+        rows.append(table_rows(parsed, seq, 0.0))  # the rows the collector itself would write
+        seq += len(parsed)
     try:
         t = time.perf_counter()
         for ev, win, use in rows:
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany("INSERT INTO events (seq, source, id, received_at, raw) VALUES (?, ?, ?, ?, ?)", ev)
-            conn.executemany(wsql, win)
-            conn.executemany(usql, use)
+            insert_rows(conn, ev, win, use)
             conn.execute("COMMIT")
         elapsed = time.perf_counter() - t
     finally:

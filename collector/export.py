@@ -9,11 +9,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-from datetime import datetime, timezone
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Iterable, Sequence
 
-from agent.events import iso
+from agent.events import iso, parse_iso
 
 MICRO = 1_000_000
 J_PER_KWH = 3.6e6
@@ -28,13 +27,10 @@ EXPORT_COLUMNS = (
 def parse_bound(text: str) -> float:
     """Unix seconds from an ISO-8601 date or time; a time without an offset is UTC."""
     try:
-        dt = datetime.fromisoformat(text.strip())
+        return parse_iso(text.strip())
     except ValueError:
         raise ValueError(f"not an ISO-8601 date or time: {text!r} (e.g. 2026-11-01 or "
                          f"2026-11-01T00:00:00Z)") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
 
 
 def money(micro: int | None) -> str | None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from agent.sqlite_tx import Immediate
+from agent.sqlite_tx import Immediate, run_script
 from collector.validation import Parsed
 
 BUSY_TIMEOUT_MS = 10_000
@@ -119,15 +119,8 @@ class CollectorStore(abc.ABC):
     def close(self) -> None: ...
 
 
-def _script(conn: sqlite3.Connection, sql: str) -> None:
-    """Statement by statement: ``executescript`` would COMMIT the migration's transaction."""
-    for stmt in sql.split(";"):
-        if stmt.strip():
-            conn.execute(stmt)
-
-
 def _m1_initial(conn: sqlite3.Connection) -> None:
-    _script(
+    run_script(
         conn,
         """
         CREATE TABLE events (
@@ -277,24 +270,7 @@ class SQLiteStore(CollectorStore):
                         [source, *chunk]))
             new = [p for key, p in first.items() if key not in held]
             seq = self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
-            ev_rows, windows, usage = [], [], []
-            for p in new:
-                seq += 1
-                ev_rows.append((seq, p.source, p.id, now, p.raw))
-                w = {**p.window, "seq": seq}
-                windows.append(tuple(w[c] for c in _WINDOW_COLS))
-                for u in p.usage:
-                    row = {**u, "seq": seq, "node": w["node"], "device": w["device"],
-                           "start": w["start"], "currency": w["currency"]}
-                    usage.append(tuple(row[c] for c in _USAGE_COLS))
-            self.conn.executemany(
-                "INSERT INTO events (seq, source, id, received_at, raw) VALUES (?, ?, ?, ?, ?)", ev_rows)
-            self.conn.executemany(
-                f"INSERT INTO windows ({', '.join(_WINDOW_COLS)}) "
-                f"VALUES ({', '.join('?' * len(_WINDOW_COLS))})", windows)
-            self.conn.executemany(
-                f"INSERT INTO usage ({', '.join(_USAGE_COLS)}) "
-                f"VALUES ({', '.join('?' * len(_USAGE_COLS))})", usage)
+            insert_rows(self.conn, *table_rows(new, seq, now))
         return IngestResult(accepted=len(new), duplicates=len(events) - len(new))
 
     # -- tokens -----------------------------------------------------------------------------------
@@ -415,6 +391,31 @@ class SQLiteStore(CollectorStore):
 def _dicts(cur: sqlite3.Cursor) -> list[dict[str, Any]]:
     names = [d[0] for d in cur.description]
     return [dict(zip(names, row)) for row in cur.fetchall()]
+
+
+def table_rows(parsed: Sequence[Parsed], last_seq: int, received_at: float) -> tuple[list, list, list]:
+    """(events, windows, usage) rows for new events, numbered after ``last_seq``."""
+    ev_rows, windows, usage = [], [], []
+    seq = last_seq
+    for p in parsed:
+        seq += 1
+        ev_rows.append((seq, p.source, p.id, received_at, p.raw))
+        w = {**p.window, "seq": seq}
+        windows.append(tuple(w[c] for c in _WINDOW_COLS))
+        for u in p.usage:
+            row = {**u, "seq": seq, "node": w["node"], "device": w["device"],
+                   "start": w["start"], "currency": w["currency"]}
+            usage.append(tuple(row[c] for c in _USAGE_COLS))
+    return ev_rows, windows, usage
+
+
+def insert_rows(conn: sqlite3.Connection, ev_rows: list, windows: list, usage: list) -> None:
+    """The rows of :func:`table_rows`, in the caller's transaction."""
+    conn.executemany("INSERT INTO events (seq, source, id, received_at, raw) VALUES (?, ?, ?, ?, ?)", ev_rows)
+    conn.executemany(f"INSERT INTO windows ({', '.join(_WINDOW_COLS)}) "
+                     f"VALUES ({', '.join('?' * len(_WINDOW_COLS))})", windows)
+    conn.executemany(f"INSERT INTO usage ({', '.join(_USAGE_COLS)}) "
+                     f"VALUES ({', '.join('?' * len(_USAGE_COLS))})", usage)
 
 
 def _chunks(items: list, n: int) -> Iterable[list]:
