@@ -157,3 +157,28 @@ def test_windows_first_or_newest(tmp_path):
     assert [w["start"] for w in s.windows(limit=2)] == [3600.0, 3660.0]
     assert [w["start"] for w in s.windows(last=2)] == [3780.0, 3840.0]
     assert [w["start"] for w in s.windows(until=3780.0, last=2)] == [3660.0, 3720.0]
+
+
+def test_budget_drops_samples_then_shipped_windows_never_unshipped(tmp_path):
+    s = Store(tmp_path / "m.db")
+    s.insert_samples([{"device": "cpu", "at": float(t), "state": "ok", "power_w": 1.0, "power_source": "estimated",
+                       "energy_j": None, "energy_source": None, "util_pct": 1.0, "mem_used_bytes": 1}
+                      for t in range(20_000)])
+    s.commit_windows([(_window(3600.0 + 60 * i), _usage()) for i in range(400)])
+    ids = [w["id"] for w in s.windows()]
+    s.mark_shipped(ids[:300], at=1.0)
+    rollup_cost = s.conn.execute("SELECT sum(cost_micro) FROM rollups WHERE period='day' AND model=''").fetchone()
+    dropped = s.enforce_budget(max_bytes=1)  # far below what 100 unshipped windows need
+    assert dropped == {"samples": 20_000, "windows": 300}
+    left = s.windows()
+    assert len(left) == 100 and all(w["shipped_at"] is None for w in left)
+    assert s.outbox_counts() == (100, 0)
+    assert s.conn.execute("SELECT count(*) FROM window_usage").fetchone()[0] == 100
+    # the rollups keep the dropped windows' sums, so reports still add up
+    assert s.conn.execute("SELECT sum(cost_micro) FROM rollups WHERE period='day' AND model=''").fetchone() == rollup_cost
+
+
+def test_budget_already_met_drops_nothing(tmp_path):
+    s = Store(tmp_path / "m.db")
+    s.commit_windows([(_window(3600.0), _usage())])
+    assert s.enforce_budget(max_bytes=10**9) == {"samples": 0, "windows": 0}
