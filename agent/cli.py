@@ -12,10 +12,10 @@ import time
 import click
 from rich.live import Live
 
-from agent import __version__
-from agent.status_view import status_json, status_table
-from agent.ui import console
-from probes.devices import get_devices
+from meterd import __version__
+from meterd.agent.status_view import status_json, status_table
+from meterd.agent.ui import console
+from meterd.probes.devices import get_devices
 
 
 #: name -> "module:attribute" of commands defined in their own modules.
@@ -93,14 +93,14 @@ def _print_status(node_name, node, as_json: bool) -> None:
 
 # Commands that live in their own modules, imported only when used (see LazyGroup): one line each.
 LAZY_COMMANDS.update({
-    "agent": "agent.cli_agent:agent_cmd",
-    "windows": "agent.cli_agent:windows_cmd",
-    "config": "agent.cli_agent:config_group",
-    "outbox": "agent.cli_agent:outbox_group",
-    "bench": "agent.cli_bench:bench",
-    "probe": "agent.cli_probe:probe",
-    "report": "reports.cli:report",
-    "collector": "collector.cli:collector",
+    "agent": "meterd.agent.cli_agent:agent_cmd",
+    "windows": "meterd.agent.cli_agent:windows_cmd",
+    "config": "meterd.agent.cli_agent:config_group",
+    "outbox": "meterd.agent.cli_agent:outbox_group",
+    "bench": "meterd.agent.cli_bench:bench",
+    "probe": "meterd.agent.cli_probe:probe",
+    "report": "meterd.reports.cli:report",
+    "collector": "meterd.collector.cli:collector",
 })
 
 

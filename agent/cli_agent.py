@@ -13,14 +13,14 @@ import time
 from pathlib import Path
 
 import click
-from agent.ui import console
+from meterd.agent.ui import console
 from rich.table import Table
 
-from agent.config import EXAMPLE, Config, ConfigError, _listen, _window, default_config, load_config, parse_source_flag
-from agent.costmodel import cost_per_mtok
-from agent.events import iso
-from agent.timeparse import TimeParseError, parse_when
-from probes.errors import MeterError
+from meterd.agent.config import EXAMPLE, Config, ConfigError, _listen, _window, default_config, load_config, parse_source_flag
+from meterd.agent.costmodel import cost_per_mtok
+from meterd.agent.events import iso
+from meterd.agent.timeparse import TimeParseError, parse_when
+from meterd.probes.errors import MeterError
 
 log = logging.getLogger("meterd")
 
@@ -33,7 +33,7 @@ def _load(config_path: str | None) -> Config:
 
 
 def _open_store(path: str | None, config: Config | None = None):
-    from agent.store import Store
+    from meterd.agent.store import Store
 
     p = path or (config.store if config else None)
     try:
@@ -47,7 +47,7 @@ DEFAULT_LAST_WINDOWS = 200
 
 
 def _start_push(listen: str):
-    from probes.push import PushEndpoint
+    from meterd.probes.push import PushEndpoint
 
     try:
         if listen.startswith("unix:"):
@@ -94,10 +94,10 @@ def agent_cmd(config_path, duration, db_path, interval, window, sources, metrics
     with the reason logged and the running one kept.
     """
     _import_sqlite_utils_without_numpy()
-    from agent.daemon import Agent
-    from agent.metrics import AgentState, MetricsServer
-    from agent.systemd import Notifier
-    from probes.devices import get_devices
+    from meterd.agent.daemon import Agent
+    from meterd.agent.metrics import AgentState, MetricsServer
+    from meterd.agent.systemd import Notifier
+    from meterd.probes.devices import get_devices
 
     root = logging.getLogger()
     root.setLevel(min(root.level, logging.INFO))
@@ -136,7 +136,7 @@ def agent_cmd(config_path, duration, db_path, interval, window, sources, metrics
 
     ship_token = None
     if config.ship_url:
-        from agent.shipper import ShipError, check_url, read_token_file
+        from meterd.agent.shipper import ShipError, check_url, read_token_file
 
         try:
             check_url(config.ship_url, config.ship_allow_insecure)
@@ -158,7 +158,7 @@ def agent_cmd(config_path, duration, db_path, interval, window, sources, metrics
 
     # Before anything slow (NVML start-up): a SIGTERM from then on is a clean stop, never a kill.
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    from agent.pidlock import AlreadyRunning, StoreLock
+    from meterd.agent.pidlock import AlreadyRunning, StoreLock
 
     try:
         store = _open_store(None, config)
@@ -184,7 +184,7 @@ def agent_cmd(config_path, duration, db_path, interval, window, sources, metrics
                 raise click.ClickException(f"--metrics {config.metrics_listen}: cannot listen: {e.strerror}") from None
             log.info("Prometheus metrics on http://%s/metrics", config.metrics_listen)
         if ship_token is not None:
-            from agent.shipper import ShipperThread
+            from meterd.agent.shipper import ShipperThread
 
             shipper = ShipperThread(store.path, config.ship_url, ship_token,
                                     backoff_cap_s=config.ship_backoff_cap_s).start()
@@ -354,7 +354,7 @@ def outbox_retry(ctx, ids) -> None:
 
 
 def _existing_store(db_path):
-    from agent.store import default_db_path
+    from meterd.agent.store import default_db_path
 
     p = Path(db_path) if db_path else default_db_path()
     if not p.exists():

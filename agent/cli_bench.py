@@ -17,12 +17,12 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agent import __version__
-from kernels.base import KernelError
-from kernels.prices import YEAR_S, Prices
-from kernels.roofline import DEFAULT_BATCH, DEFAULT_CONTEXT_TOKENS, all_profiles
-from kernels.suite import Sizes, capacity_rows, library_versions, plan_devices, run_plans, runner_options
-from probes.devices import get_devices
+from meterd import __version__
+from meterd.kernels.base import KernelError
+from meterd.kernels.prices import YEAR_S, Prices
+from meterd.kernels.roofline import DEFAULT_BATCH, DEFAULT_CONTEXT_TOKENS, all_profiles
+from meterd.kernels.suite import Sizes, capacity_rows, library_versions, plan_devices, run_plans, runner_options
+from meterd.probes.devices import get_devices
 
 _SCALE = {"flop/s": ("TFLOP/s", 1e12), "op/s": ("TOP/s", 1e12), "bytes/s": ("GB/s", 1e9)}
 
@@ -42,7 +42,7 @@ def _select(devices: list, wanted: str | None) -> list:
 
 
 def _open_store(db: str | None):
-    from agent.store import Store
+    from meterd.agent.store import Store
 
     try:
         return Store(db)
@@ -144,7 +144,7 @@ def bench(device_id: str | None, quick: bool, as_json: bool, db: str | None, mod
     tokens/s for model profiles and the cost per million tokens at full use with the default
     prices (--config, or the agent's defaults). Results are saved to the store.
     """
-    from agent.config import ConfigError, default_config, load_config
+    from meterd.agent.config import ConfigError, default_config, load_config
 
     try:
         config = load_config(config_path) if config_path else default_config()

@@ -10,8 +10,8 @@ import json
 import click
 import httpx
 
-from probes.prometheus_servers import KINDS, GenericMetrics, TokenProbeError
-from probes.tokens import DEFAULT_TIMEOUT_S, TokenSource
+from meterd.probes.prometheus_servers import KINDS, GenericMetrics, TokenProbeError
+from meterd.probes.tokens import DEFAULT_TIMEOUT_S, TokenSource
 
 
 @click.group()

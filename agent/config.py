@@ -20,7 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable
 
-from probes.errors import MeterError
+from meterd.probes.errors import MeterError
 
 MICRO = 1_000_000
 SOURCE_KINDS = ("vllm", "sglang", "tgi", "llamacpp", "trtllm", "triton", "generic", "auto")
@@ -255,7 +255,7 @@ def parse_config(doc: dict[str, Any]) -> Config:
 
 def _models(table: dict) -> dict[str, dict[str, Any]]:
     """``[models.NAME]`` tables: roofline profiles for `meter bench` and `meter report`."""
-    from kernels.roofline import profile_from_dict
+    from meterd.kernels.roofline import profile_from_dict
 
     out = {}
     for name, values in table.items():

@@ -1,6 +1,6 @@
 """The cost model (pure: values in, values out; no clock, no file, no network).
 
-Formulas (../shared/DESIGN.md):
+Formulas (docs/architecture.md, "Cost model"):
 
 - capex rate = (purchase price + share of node price − residual value) / depreciation seconds,
   or the rental price per GPU-hour / 3600 when the hardware is rented;
@@ -23,7 +23,7 @@ from fractions import Fraction
 from typing import Hashable, Sequence
 from zoneinfo import ZoneInfo
 
-from agent.config import DAYS, Prices
+from meterd.agent.config import DAYS, Prices
 
 SECONDS_PER_YEAR = Fraction(36525 * 864)  # 365.25 days
 SECONDS_PER_MONTH = SECONDS_PER_YEAR / 12

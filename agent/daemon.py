@@ -21,20 +21,20 @@ from typing import Any, Callable, Protocol
 
 import httpx
 
-from agent.config import Config, ConfigError, SourceConfig
-from agent.costmodel import DeviceShare
-from agent.ledger import price_window
-from agent.metrics import AgentState
-from agent.sampler import Clocks, ConcurrentReader, ProbeHealth, Schedule, ticks
-from agent.store import Store
-from agent.systemd import Notifier
-from agent.windows import Usage, Window, WindowBuilder, split_evenly
-from probes.counters import CounterTracker, Gap, Totals
-from probes.device import Device
-from probes.devices import Node
-from probes.prometheus_servers import GenericMetrics
-from probes.readings import DeviceSample
-from probes.tokens import TokenSource
+from meterd.agent.config import Config, ConfigError, SourceConfig
+from meterd.agent.costmodel import DeviceShare
+from meterd.agent.ledger import price_window
+from meterd.agent.metrics import AgentState
+from meterd.agent.sampler import Clocks, ConcurrentReader, ProbeHealth, Schedule, ticks
+from meterd.agent.store import Store
+from meterd.agent.systemd import Notifier
+from meterd.agent.windows import Usage, Window, WindowBuilder, split_evenly
+from meterd.probes.counters import CounterTracker, Gap, Totals
+from meterd.probes.device import Device
+from meterd.probes.devices import Node
+from meterd.probes.prometheus_servers import GenericMetrics
+from meterd.probes.readings import DeviceSample
+from meterd.probes.tokens import TokenSource
 
 log = logging.getLogger(__name__)
 

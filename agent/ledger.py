@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from agent import __version__
-from agent.config import Prices
-from agent.costmodel import DeviceShare, split_cost, window_cost
-from agent.events import event_id
-from agent.windows import Window
+from meterd import __version__
+from meterd.agent.config import Prices
+from meterd.agent.costmodel import DeviceShare, split_cost, window_cost
+from meterd.agent.events import event_id
+from meterd.agent.windows import Window
 
 
 def _sum_if_all(values: list[float | None]) -> float | None:

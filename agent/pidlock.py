@@ -7,7 +7,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from probes.errors import MeterError
+from meterd.probes.errors import MeterError
 
 
 class AlreadyRunning(MeterError):

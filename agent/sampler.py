@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
-from agent.windows import Tick
+from meterd.agent.windows import Tick
 
 log = logging.getLogger(__name__)
 

@@ -32,10 +32,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from agent.events import BATCH_CONTENT_TYPE, window_event
-from agent.store import Store
-from probes.errors import MeterError
-from probes.net import is_loopback
+from meterd.agent.events import BATCH_CONTENT_TYPE, window_event
+from meterd.agent.store import Store
+from meterd.probes.errors import MeterError
+from meterd.probes.net import is_loopback
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from typing import Any
 
 from rich.table import Table
 
-from agent.events import iso
-from probes.readings import DeviceSample, Reading
+from meterd.agent.events import iso
+from meterd.probes.readings import DeviceSample, Reading
 
 
 def _val(r: Reading | None) -> float | None:

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 
 import sqlite_utils
 
-from agent.sqlite_tx import Immediate, run_script
+from meterd.agent.sqlite_tx import Immediate, run_script
 
 BUSY_TIMEOUT_MS = 10_000
 #: The rollups' periods and their lengths in seconds.

@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from probes.readings import DeviceSample, Reading
+from meterd.probes.readings import DeviceSample, Reading
 
 CLOCK_STEP_TOLERANCE_S = 1.0
 _SOURCE_RANK = {"counter": 0, "integrated": 1, "estimated": 2}

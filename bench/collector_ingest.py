@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import statistics
 import subprocess
@@ -29,12 +28,11 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from agent.events import BATCH_CONTENT_TYPE, event_id, window_event  # noqa: E402
-from collector.auth import create_token  # noqa: E402
-from collector.store import SQLiteStore, insert_rows, table_rows  # noqa: E402
-from collector.validation import check_batch  # noqa: E402
+from meterd.agent.events import BATCH_CONTENT_TYPE, event_id, window_event  # noqa: E402
+from meterd.collector.auth import create_token  # noqa: E402
+from meterd.collector.store import SQLiteStore, insert_rows, table_rows  # noqa: E402
+from meterd.collector.validation import check_batch  # noqa: E402
 
 T0 = 1_795_824_000.0
 
@@ -83,10 +81,9 @@ def bench_collector(db: Path, bodies: list[bytes], n_events: int) -> tuple[float
     finally:
         store.close()
     port = _free_port()
-    cmd = [sys.executable, "-m", "agent.cli", "collector", "serve", "--db", str(db),
+    cmd = [sys.executable, "-m", "meterd.agent.cli", "collector", "serve", "--db", str(db),
            "--listen", f"127.0.0.1:{port}"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL) as p:
         try:
             headers = {"content-type": BATCH_CONTENT_TYPE, "authorization": f"Bearer {token}"}

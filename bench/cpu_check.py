@@ -17,11 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
-from kernels.cpu import CpuCopy, CpuGemm, CpuTriad, llc_bytes  # noqa: E402
-from kernels.runner import Runner, RunnerOptions  # noqa: E402
-from kernels.stats import median  # noqa: E402
+from meterd.kernels.cpu import CpuCopy, CpuGemm, CpuTriad, llc_bytes  # noqa: E402
+from meterd.kernels.runner import Runner, RunnerOptions  # noqa: E402
+from meterd.kernels.stats import median  # noqa: E402
 
 
 def numpy_matmul_flops_per_s(dtype: str, n: int, seconds: float) -> tuple[float, float]:

@@ -21,9 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, installed or not
 
-from kernels.stats import median  # noqa: E402
+from meterd.kernels.stats import median  # noqa: E402
 
 #: The acceptance bar of the issue: ours / torch on the same GPU in the same run.
 BAR = {("gemm", "bf16"): 0.9, ("copy", "fp32"): 0.9}
@@ -31,9 +30,9 @@ BAR = {("gemm", "bf16"): 0.9, ("copy", "fp32"): 0.9}
 
 def _gpu_or_reason() -> tuple[Any, Any, Any] | str:
     """(cupy, torch, the NVML device list) or the reason the GPU part cannot run."""
-    from kernels.base import KernelUnavailable
-    from kernels.gpu import import_cupy
-    from probes.nvml import get_gpus
+    from meterd.kernels.base import KernelUnavailable
+    from meterd.kernels.gpu import import_cupy
+    from meterd.probes.nvml import get_gpus
 
     try:
         cp = import_cupy()
@@ -160,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"GPU check skipped (smoke run only): {got}")
         return 0
     cp, torch, gpus = got
-    from kernels.suite import Sizes, plan_devices, run_plans, runner_options
+    from meterd.kernels.suite import Sizes, plan_devices, run_plans, runner_options
 
     device = gpus.devices()[args.device]
     notes: list[str] = []

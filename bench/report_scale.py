@@ -25,12 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.events import event_id  # noqa: E402
-from agent.store import Store  # noqa: E402
-from reports.aggregate import aggregate  # noqa: E402
-from reports.query import Filters, read_store  # noqa: E402
+from meterd.agent.events import event_id  # noqa: E402
+from meterd.agent.store import Store  # noqa: E402
+from meterd.reports.aggregate import aggregate  # noqa: E402
+from meterd.reports.query import Filters, read_store  # noqa: E402
 
 START = 1_764_547_200.0  # 2025-12-01T00:00:00Z
 GPUS = 8
@@ -258,7 +257,7 @@ def main() -> None:
           f"(a year: under 1,000 ms) {'met' if hour_device < 1.0 else 'MISSED'}")
     store.close()
     # The whole command as a user runs it: a fresh process, imports, the query, JSON out.
-    cmd = [sys.executable, "-m", "agent.cli", "report", "--db", str(path), "--by", "day", "--format", "json"]
+    cmd = [sys.executable, "-m", "meterd.agent.cli", "report", "--db", str(path), "--by", "day", "--format", "json"]
     t0 = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     wall = time.perf_counter() - t0

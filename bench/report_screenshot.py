@@ -19,12 +19,12 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent), str(HERE)]
+sys.path.insert(0, str(HERE))
 
 from click.testing import CliRunner  # noqa: E402
 
-from agent.cli import main as meter  # noqa: E402
-from agent.store import Store  # noqa: E402
+from meterd.agent.cli import main as meter  # noqa: E402
+from meterd.agent.store import Store  # noqa: E402
 from report_scale import GPUS, START, build_rollups, load  # noqa: E402
 
 DAYS = 3

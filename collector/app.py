@@ -20,11 +20,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agent.events import BATCH_CONTENT_TYPE, iso
-from collector.auth import Principal, authenticate
-from collector.export import parse_bound, ratios
-from collector.store import GROUP_KEYS, CollectorStore, Query
-from collector.validation import check_batch, foreign_sources
+from meterd.agent.events import BATCH_CONTENT_TYPE, iso
+from meterd.collector.auth import Principal, authenticate
+from meterd.collector.export import parse_bound, ratios
+from meterd.collector.store import GROUP_KEYS, CollectorStore, Query
+from meterd.collector.validation import check_batch, foreign_sources
 
 SINGLE_CONTENT_TYPE = "application/cloudevents+json"
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024

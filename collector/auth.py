@@ -24,7 +24,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
-from collector.store import CollectorStore, TokenRecord
+from meterd.collector.store import CollectorStore, TokenRecord
 
 PREFIX = "mtk_"
 _TOKEN = re.compile(r"^mtk_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")

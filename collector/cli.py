@@ -12,11 +12,11 @@ from pathlib import Path
 
 import click
 
-from agent.events import iso
-from collector.app import DEFAULT_MAX_BODY_BYTES, create_app
-from collector.auth import create_token
-from collector.export import PERIODS, billing_rows, parse_bound, render_csv, render_json
-from collector.store import Query, SQLiteStore, default_db_path
+from meterd.agent.events import iso
+from meterd.collector.app import DEFAULT_MAX_BODY_BYTES, create_app
+from meterd.collector.auth import create_token
+from meterd.collector.export import PERIODS, billing_rows, parse_bound, render_csv, render_json
+from meterd.collector.store import Query, SQLiteStore, default_db_path
 
 DEFAULT_LISTEN = "127.0.0.1:8650"
 

@@ -12,7 +12,7 @@ import json
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Iterable, Sequence
 
-from agent.events import iso, parse_iso
+from meterd.agent.events import iso, parse_iso
 
 MICRO = 1_000_000
 J_PER_KWH = 3.6e6

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from agent.sqlite_tx import Immediate, run_script
-from collector.validation import Parsed
+from meterd.agent.sqlite_tx import Immediate, run_script
+from meterd.collector.validation import Parsed
 
 BUSY_TIMEOUT_MS = 10_000
 GROUP_KEYS = ("node", "device", "model", "tenant", "hour", "day", "month")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from agent.events import EVENT_TYPE, event_id
+from meterd.agent.events import EVENT_TYPE, event_id
 
 MAX_INT = 2**63 - 1  # SQLite INTEGER
 ENERGY_SOURCES = ("counter", "integrated", "estimated")

@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from probes.errors import MeterError
+from meterd.probes.errors import MeterError
 
 
 class KernelError(MeterError):

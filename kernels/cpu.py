@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kernels.base import BOUNDS, Kernel, KernelIncorrect, PerfCounterTimer, check_close
+from meterd.kernels.base import BOUNDS, Kernel, KernelIncorrect, PerfCounterTimer, check_close
 
 _NP_DTYPES = {"fp64": np.float64, "fp32": np.float32}
 #: How many rows of a GEMM result the correctness gate recomputes in higher precision.

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from kernels.base import BOUNDS, Kernel, KernelIncorrect, KernelUnavailable, Timer, check_close
+from meterd.kernels.base import BOUNDS, Kernel, KernelIncorrect, KernelUnavailable, Timer, check_close
 
 # cudaDataType_t (library_types.h) and cublasComputeType_t (cublas_api.h) values.
 CUDA_R_32F, CUDA_R_16F, CUDA_R_8I, CUDA_R_32I, CUDA_R_16BF = 0, 2, 3, 10, 14

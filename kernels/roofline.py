@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from kernels.prices import MONTH_S, Prices
+from meterd.kernels.prices import MONTH_S, Prices
 
 DEFAULT_BATCH = 64
 DEFAULT_CONTEXT_TOKENS = 2048

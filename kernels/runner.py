@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from kernels.base import Kernel
-from kernels.stats import Energy, PowerPoint, kernel_energy, per_joule, throughput
-from probes.readings import DeviceSample
+from meterd.kernels.base import Kernel
+from meterd.kernels.stats import Energy, PowerPoint, kernel_energy, per_joule, throughput
+from meterd.probes.readings import DeviceSample
 
 Sampler = Callable[[], "DeviceSample | None"]
 

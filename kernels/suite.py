@@ -13,14 +13,14 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from kernels import gpu
-from kernels.base import Kernel, KernelUnavailable
-from kernels.cpu import cpu_kernels, llc_bytes
-from kernels.prices import Prices
-from kernels.roofline import DEFAULT_BATCH, DEFAULT_CONTEXT_TOKENS, ModelProfile, capacity
-from kernels.runner import Measurement, Runner, RunnerOptions
-from kernels.specs import DeviceSpec, lookup, pct_of_peak
-from probes.device import Device
+from meterd.kernels import gpu
+from meterd.kernels.base import Kernel, KernelUnavailable
+from meterd.kernels.cpu import cpu_kernels, llc_bytes
+from meterd.kernels.prices import Prices
+from meterd.kernels.roofline import DEFAULT_BATCH, DEFAULT_CONTEXT_TOKENS, ModelProfile, capacity
+from meterd.kernels.runner import Measurement, Runner, RunnerOptions
+from meterd.kernels.specs import DeviceSpec, lookup, pct_of_peak
+from meterd.probes.device import Device
 
 GPU_WARMUP_S = 0.3
 Progress = Callable[[str, int, int], None]  # (label, kernels done, kernels in total)

@@ -11,11 +11,11 @@ from typing import Callable
 
 import psutil
 
-from probes.cpu_tdp import watts_per_core
-from probes.device import Device
-from probes.errors import RaplUnavailable
-from probes.rapl import RaplCounter
-from probes.readings import DeviceSample, Reading
+from meterd.probes.cpu_tdp import watts_per_core
+from meterd.probes.device import Device
+from meterd.probes.errors import RaplUnavailable
+from meterd.probes.rapl import RaplCounter
+from meterd.probes.readings import DeviceSample, Reading
 
 # The first utilization figure needs two CPU-time readings this far apart at least.
 MIN_UTIL_INTERVAL_S = 0.1

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
-from probes.readings import DeviceKind, DeviceSample
+from meterd.probes.readings import DeviceKind, DeviceSample
 
 
 class Device(ABC):

@@ -7,9 +7,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from probes.cpu import CpuDevice
-from probes.device import Device, Gpus
-from probes.nvml import get_gpus
+from meterd.probes.cpu import CpuDevice
+from meterd.probes.device import Device, Gpus
+from meterd.probes.nvml import get_gpus
 
 
 @dataclass

@@ -14,9 +14,9 @@ from typing import Any, Callable
 
 import pynvml
 
-from probes.device import Device, Gpus, NullGpus
-from probes.errors import GpuLost, NvmlCallError, NvmlUnavailable
-from probes.readings import DeviceSample, Reading
+from meterd.probes.device import Device, Gpus, NullGpus
+from meterd.probes.errors import GpuLost, NvmlCallError, NvmlUnavailable
+from meterd.probes.readings import DeviceSample, Reading
 
 log = logging.getLogger(__name__)
 

@@ -63,8 +63,8 @@ from dataclasses import dataclass, field
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as _parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as _parse_text
 
-from probes.counters import Counts, Gap, Totals
-from probes.errors import ProbeError
+from meterd.probes.counters import Counts, Gap, Totals
+from meterd.probes.errors import ProbeError
 
 DEFAULT_MODEL = "default"
 

@@ -44,7 +44,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
-from probes.net import is_loopback
+from meterd.probes.net import is_loopback
 
 DEFAULT_MAX_BYTES = 1024 * 1024
 DEFAULT_MAX_RECORDS = 10_000

@@ -2,8 +2,8 @@
 
 The API for the agent, once per sampling interval::
 
-    from probes.tokens import TokenSource, scrape_all
-    from probes.counters import CounterTracker, Gap
+    from meterd.probes.tokens import TokenSource, scrape_all
+    from meterd.probes.counters import CounterTracker, Gap
 
     sources = [TokenSource("http://127.0.0.1:8000/metrics", kind="vllm"),
                TokenSource("http://127.0.0.1:8080/metrics", kind="llamacpp", model="qwen2.5-7b")]
@@ -40,8 +40,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from probes.counters import Gap, Totals
-from probes.prometheus_servers import (
+from meterd.probes.counters import Gap, Totals
+from meterd.probes.prometheus_servers import (
     KINDS,
     GenericMetrics,
     NotPrometheusText,

@@ -11,9 +11,9 @@ from typing import Callable, Sequence
 
 import click
 
-from agent.timeparse import TimeParseError, parse_when
-from reports.aggregate import GROUP_KEYS, Cells, Report, ReportError, aggregate, iso, parse_by
-from reports.query import Filters, QueryError, read_collector, read_store
+from meterd.agent.timeparse import TimeParseError, parse_when
+from meterd.reports.aggregate import GROUP_KEYS, Cells, Report, ReportError, aggregate, iso, parse_by
+from meterd.reports.query import Filters, QueryError, read_collector, read_store
 
 FORMATS = ("table", "json", "csv", "html")
 
@@ -39,7 +39,7 @@ def _reader(db: str | None, collector: str | None, token_file: str | None) -> Ca
         raise click.ClickException(f"{db}: no such store")
 
     def read(by: Sequence[str], f: Filters) -> Cells:
-        from agent.store import Store
+        from meterd.agent.store import Store
 
         try:
             store = Store(db)
@@ -102,8 +102,8 @@ def report(db, collector, token_file, since, until, by, node, device, model, ten
                "until": iso(f.until) if f.until is not None else None,
                "source": collector or "local store"}
     if fmt == "table":
-        from agent.ui import console
-        from reports.render import render_table
+        from meterd.agent.ui import console
+        from meterd.reports.render import render_table
 
         from rich.console import Console
         from rich.measure import Measurement
@@ -125,17 +125,17 @@ def report(db, collector, token_file, since, until, by, node, device, model, ten
                            "csv or json for every figure)", err=True)
         return
     if fmt == "html":
-        from reports.html import render_html
+        from meterd.reports.html import render_html
 
         extra = {k: _report(read, k_by, f)[0] for k, k_by in _html_views(f, keys).items()}
         text = render_html(rep, extra["trend"], extra["scatter"], extra["points"], cells.capacity,
                            title="meter report", **context)
     elif fmt == "json":
-        from reports.render import render_json
+        from meterd.reports.render import render_json
 
         text = render_json(rep, **context) + "\n"
     else:
-        from reports.render import render_csv
+        from meterd.reports.render import render_csv
 
         text = render_csv(rep)
     if output:

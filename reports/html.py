@@ -14,8 +14,8 @@ import html
 import math
 from typing import Any, Callable, Sequence
 
-from reports.aggregate import Report
-from reports.render import EFFICIENCY_NOTE, _money
+from meterd.reports.aggregate import Report
+from meterd.reports.render import EFFICIENCY_NOTE, _money
 
 W, H = 640, 340
 ML, MR, MT, MB = 70, 20, 20, 50
@@ -113,7 +113,7 @@ def _time_label(span: float) -> Callable[[float], str]:
 def cost_chart(trend: Report) -> str:
     """Cost per Mtok over time: a line through the periods that served tokens."""
     key = trend.by[0]
-    from agent.events import parse_iso
+    from meterd.agent.events import parse_iso
 
     pts = [(parse_iso(r[key]), r["cost_per_mtok"]) for r in trend.rows if r["cost_per_mtok"] is not None]
     if not pts:
@@ -159,7 +159,7 @@ def roofline_chart(capacity: Sequence[dict[str, Any]], points: Report) -> str:
         return _empty("roofline", "no bench results: run `meter bench` on the node (local store only)")
     live = []
     by_dm = {(c["device"], c["model"]): c for c in capacity}
-    from reports.aggregate import match_profile
+    from meterd.reports.aggregate import match_profile
 
     for r in points.rows:
         models = [m for (d, m) in by_dm if d == r["device"]]

@@ -26,9 +26,9 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Sequence
 
-from agent.events import parse_iso
-from agent.store import Store
-from reports.aggregate import IDLE, IDLE_TIME, Ceiling, Cells, ReportError, iso, per_model
+from meterd.agent.events import parse_iso
+from meterd.agent.store import Store
+from meterd.reports.aggregate import IDLE, IDLE_TIME, Ceiling, Cells, ReportError, iso, per_model
 
 if TYPE_CHECKING:
     import httpx
@@ -228,9 +228,9 @@ def read_ceilings(store: Store, devices: Sequence[str]) -> tuple[dict[str, dict[
     if not any(runs.values()):
         return {}, []
     # Imported only when there is a bench: kernels/ brings NumPy.
-    from kernels.prices import DEFAULT_PRICES
-    from kernels.roofline import all_profiles
-    from kernels.suite import capacity_rows
+    from meterd.kernels.prices import DEFAULT_PRICES
+    from meterd.kernels.roofline import all_profiles
+    from meterd.kernels.suite import capacity_rows
 
     profiles = all_profiles()
     ceilings: dict[str, dict[str, Ceiling]] = {}

@@ -12,7 +12,7 @@ from typing import Any
 from rich import box
 from rich.table import Table
 
-from reports.aggregate import Report
+from meterd.reports.aggregate import Report
 
 #: Row fields after the group keys, in the order JSON and CSV give them.
 FIELDS = (

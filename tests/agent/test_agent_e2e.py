@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from agent.config import Prices, SourceConfig, default_config, to_micro
-from agent.daemon import Agent
-from agent.sampler import Clocks
-from agent.store import Store
-from probes.devices import get_devices
+from meterd.agent.config import Prices, SourceConfig, default_config, to_micro
+from meterd.agent.daemon import Agent
+from meterd.agent.sampler import Clocks
+from meterd.agent.store import Store
+from meterd.probes.devices import get_devices
 from tests.fakes.nvml import h100
 from tests.fakes.servers import FakeInferenceServer
 
@@ -121,7 +121,7 @@ def test_no_token_source_still_meters_cost(no_nvml, tmp_path, clock):
 def test_pushed_usage_is_billed_per_tenant(fake_nvml, clock, tmp_path):
     import httpx
 
-    from probes.push import PushEndpoint
+    from meterd.probes.push import PushEndpoint
 
     clock.t = T0
     fake_nvml([h100(curve=[(0.0, 360.0)])])

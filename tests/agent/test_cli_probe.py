@@ -6,8 +6,8 @@ import socket
 import pytest
 from click.testing import CliRunner
 
-from agent.cli import main
-from probes.prometheus_servers import KINDS
+from meterd.agent.cli import main
+from meterd.probes.prometheus_servers import KINDS
 from tests.fakes.servers import GENERIC, FakeInferenceServer
 
 SERVER_KINDS = [k for k in KINDS if k != "generic"]

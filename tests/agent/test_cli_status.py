@@ -8,8 +8,8 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from agent import __version__
-from agent.cli import main
+from meterd import __version__
+from meterd.agent.cli import main
 from tests.fakes.nvml import a100, h100
 
 
@@ -63,7 +63,7 @@ def test_status_table_shows_every_device(fake_nvml):
 
 def test_status_watch_json_refreshes_until_interrupted():
     """A real process: --watch prints a JSON line per refresh and exits cleanly on Ctrl-C."""
-    with subprocess.Popen([sys.executable, "-m", "agent.cli", "status", "--json", "--watch", "0.2"],
+    with subprocess.Popen([sys.executable, "-m", "meterd.agent.cli", "status", "--json", "--watch", "0.2"],
                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as p:
         try:
             lines = [p.stdout.readline() for _ in range(3)]

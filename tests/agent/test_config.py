@@ -4,8 +4,8 @@ import tomllib
 import pytest
 from click.testing import CliRunner
 
-from agent.cli import main
-from agent.config import EXAMPLE, ConfigError, default_config, parse_config, parse_source_flag, to_micro
+from meterd.agent.cli import main
+from meterd.agent.config import EXAMPLE, ConfigError, default_config, parse_config, parse_source_flag, to_micro
 
 
 def check(tmp_path, text):
@@ -119,9 +119,9 @@ def test_models_in_the_config_are_validated(tmp_path):
 
 
 def test_bench_capacity_uses_the_configs_prices_and_models(tmp_path):
-    from agent.cli_bench import capacity_prices
-    from agent.config import Prices as AgentPrices
-    from kernels.prices import YEAR_S
+    from meterd.agent.cli_bench import capacity_prices
+    from meterd.agent.config import Prices as AgentPrices
+    from meterd.kernels.prices import YEAR_S
 
     p = capacity_prices(AgentPrices(capex_per_gpu_micro=to_micro(30000), capex_per_node_micro=to_micro(80000),
                                     residual_fraction=0.1, depreciation_years=4,
@@ -143,7 +143,7 @@ def test_bench_capacity_uses_the_configs_prices_and_models(tmp_path):
     cap = doc["capacity"][0]
     assert cap["currency"] == "EUR"
     # the cost per Mtok is the config's cost rate over the roofline's tokens/s
-    from kernels.roofline import cost_rate_micro_per_s
+    from meterd.kernels.roofline import cost_rate_micro_per_s
     rate = cost_rate_micro_per_s(capacity_prices(parse_config(tomllib.loads(cfg.read_text())).prices, 0),
                                  cap["watts"])
     assert cap["cost_per_mtok_decode_micro"] == pytest.approx(rate * 1e6 / cap["decode_tokens_per_s"], rel=1e-6)

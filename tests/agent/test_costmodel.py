@@ -2,8 +2,8 @@ from fractions import Fraction
 
 import pytest
 
-from agent.config import Prices, TariffPeriod, to_micro
-from agent.costmodel import (
+from meterd.agent.config import Prices, TariffPeriod, to_micro
+from meterd.agent.costmodel import (
     Cost, DeviceShare, SECONDS_PER_YEAR, allocate, capex_micro_per_s, cost_per_mtok,
     energy_cost_micro, opex_micro_per_s, price_micro_per_kwh_at, split_cost, tariff_segments, window_cost,
 )

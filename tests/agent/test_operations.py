@@ -15,8 +15,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.metrics import AgentCollector, AgentState, MetricsServer
-from agent.systemd import Notifier
+from meterd.agent.metrics import AgentCollector, AgentState, MetricsServer
+from meterd.agent.systemd import Notifier
 
 ROOT = Path(__file__).parents[2]
 

@@ -2,7 +2,7 @@ import logging
 import threading
 import time
 
-from agent.sampler import Clocks, ConcurrentReader, ProbeHealth, Schedule, TimedOut, ticks
+from meterd.agent.sampler import Clocks, ConcurrentReader, ProbeHealth, Schedule, TimedOut, ticks
 
 
 class FakeMono:
@@ -56,7 +56,7 @@ def test_slow_probe_does_not_block_the_others_and_is_not_piled_up():
 
 def test_probe_health_logs_on_state_change_only(caplog):
     h = ProbeHealth()
-    with caplog.at_level(logging.INFO, logger="agent.sampler"):
+    with caplog.at_level(logging.INFO, logger="meterd.agent.sampler"):
         for _ in range(5):
             h.fail("tokens:vllm", "connection refused")
         h.ok("tokens:vllm")

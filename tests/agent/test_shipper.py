@@ -10,15 +10,15 @@ import pytest
 from cloudevents.core.bindings.http import HTTPMessage, from_http
 from cloudevents.core.formats.json import JSONFormat
 
-from agent.config import Prices, to_micro
-from agent.costmodel import DeviceShare
-from agent.events import BATCH_CONTENT_TYPE
-from agent.ledger import price_window
-from agent.shipper import (
+from meterd.agent.config import Prices, to_micro
+from meterd.agent.costmodel import DeviceShare
+from meterd.agent.events import BATCH_CONTENT_TYPE
+from meterd.agent.ledger import price_window
+from meterd.agent.shipper import (
     ShipError, Shipper, backoff_s, check_url, read_token_file, retry_after_s,
 )
-from agent.store import Store
-from agent.windows import Usage, Window
+from meterd.agent.store import Store
+from meterd.agent.windows import Usage, Window
 
 T0 = 1_800_000_000.0
 PRICES = Prices(rental_per_gpu_hour_micro=to_micro("3.6"), energy_per_kwh_micro=to_micro("0.36"), pue=1.0,
@@ -169,7 +169,7 @@ def test_a_400_quarantines_only_the_refused_events_with_the_reason(store):
 
 def test_401_quarantines_the_batch_and_outbox_retry_sends_it_again(store, tmp_path):
     from click.testing import CliRunner
-    from agent.cli import main
+    from meterd.agent.cli import main
 
     seed(store, 3)
     s = shipper(store, Sink(lambda ev, n: httpx.Response(401, json={"error": "unknown token"})))
@@ -196,8 +196,8 @@ def test_413_halves_the_batch(store):
 
 
 def test_real_collector_accepts_the_stream_and_deduplicates_a_resend(store, tmp_path):
-    from collector.auth import create_token
-    from collector.store import SQLiteStore
+    from meterd.collector.auth import create_token
+    from meterd.collector.store import SQLiteStore
     from tests.collector.conftest import LiveServer  # a real uvicorn on 127.0.0.1
 
     seed(store, 5, node="n1")

@@ -2,7 +2,7 @@ import sqlite3
 
 import pytest
 
-from agent.store import MIGRATIONS, Store, default_db_path
+from meterd.agent.store import MIGRATIONS, Store, default_db_path
 
 
 def test_store_is_wal_full_and_migrated(tmp_path):
@@ -54,7 +54,7 @@ def test_default_path_follows_systemd_state_directory(monkeypatch, tmp_path):
 
 
 def _window(start, cost=1000, device="GPU-1"):
-    from agent.events import event_id
+    from meterd.agent.events import event_id
     return {
         "node": "n", "device": device, "device_name": "H100", "start": start, "end": start + 60,
         "energy_j": 100.0, "energy_source": "counter", "avg_power_w": 1.7, "util_pct": 50.0,

@@ -1,7 +1,7 @@
 import pytest
 
-from agent.windows import Tick, Usage, WindowBuilder, split_evenly, window_start
-from probes.readings import DeviceSample, Reading
+from meterd.agent.windows import Tick, Usage, WindowBuilder, split_evenly, window_start
+from meterd.probes.readings import DeviceSample, Reading
 
 T0 = 1_800_000_000.0  # a multiple of 60
 

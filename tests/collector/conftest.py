@@ -13,10 +13,10 @@ import httpx
 import pytest
 import uvicorn
 
-from agent.events import BATCH_CONTENT_TYPE, event_id, window_event
-from collector.app import create_app
-from collector.auth import create_token
-from collector.store import SQLiteStore
+from meterd.agent.events import BATCH_CONTENT_TYPE, event_id, window_event
+from meterd.collector.app import create_app
+from meterd.collector.auth import create_token
+from meterd.collector.store import SQLiteStore
 
 T0 = 1_795_824_000.0  # 2026-11-28T00:00:00Z
 

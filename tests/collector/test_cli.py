@@ -15,10 +15,10 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from agent.cli import main
-from collector.auth import authenticate
-from collector.store import SQLiteStore
-from collector.validation import check_batch
+from meterd.agent.cli import main
+from meterd.collector.auth import authenticate
+from meterd.collector.store import SQLiteStore
+from meterd.collector.validation import check_batch
 from tests.collector.conftest import T0, make_event, minutes, post_batch
 
 
@@ -111,7 +111,7 @@ def test_serve_is_a_real_process_that_ingests_and_stops_cleanly(tmp_path, sig):
     db = tmp_path / "c.db"
     token = meter("collector", "token", "create", "n1", "--db", str(db)).stdout.strip()
     port = _free_port()
-    with subprocess.Popen([sys.executable, "-m", "agent.cli", "collector", "serve", "--db", str(db),
+    with subprocess.Popen([sys.executable, "-m", "meterd.agent.cli", "collector", "serve", "--db", str(db),
                            "--listen", f"127.0.0.1:{port}"],
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as p:
         try:

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from collector.export import billing_rows, money, parse_bound, per_mtok_micro, render_csv, render_json, totals
-from collector.store import Query
-from collector.validation import check_batch
+from meterd.collector.export import billing_rows, money, parse_bound, per_mtok_micro, render_csv, render_json, totals
+from meterd.collector.store import Query
+from meterd.collector.validation import check_batch
 from tests.collector.conftest import T0, make_event
 
 

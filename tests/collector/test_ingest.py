@@ -8,8 +8,8 @@ import httpx
 from cloudevents.core.bindings.http import HTTPMessage, from_http, to_structured
 from cloudevents.core.formats.json import JSONFormat
 
-from collector.auth import create_token
-from collector.validation import check_event
+from meterd.collector.auth import create_token
+from meterd.collector.validation import check_event
 from tests.collector.conftest import T0, LiveServer, make_event, minutes, post_batch
 
 
@@ -30,7 +30,7 @@ def test_a_batch_is_stored_once_and_a_resend_is_all_duplicates(client, store, to
 
 
 def test_dedupe_is_forever_across_restarts(tmp_path):
-    from collector.store import SQLiteStore
+    from meterd.collector.store import SQLiteStore
 
     path = tmp_path / "c.db"
     events = minutes(3)

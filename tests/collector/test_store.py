@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from collector.store import MIGRATIONS, CollectorStore, SQLiteStore
-from collector.validation import check_batch
+from meterd.collector.store import MIGRATIONS, CollectorStore, SQLiteStore
+from meterd.collector.validation import check_batch
 from tests.collector.conftest import minutes, post_batch
 
 

@@ -7,7 +7,7 @@ import pytest
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
-from collector.validation import check_batch, check_event, foreign_sources
+from meterd.collector.validation import check_batch, check_event, foreign_sources
 from tests.collector.conftest import T0, make_event
 
 

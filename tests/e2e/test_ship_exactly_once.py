@@ -94,7 +94,7 @@ class Relay:
 
 
 def start_collector(db, port):
-    return subprocess.Popen([sys.executable, "-m", "agent.cli", "collector", "serve", "--db", str(db),
+    return subprocess.Popen([sys.executable, "-m", "meterd.agent.cli", "collector", "serve", "--db", str(db),
                              "--listen", f"127.0.0.1:{port}"], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 
@@ -133,7 +133,7 @@ def stop(p, sig=signal.SIGTERM):
 def test_every_window_reaches_the_collector_exactly_once(tmp_path):
     cdb, adb = tmp_path / "collector.db", tmp_path / "agent.db"
     from click.testing import CliRunner
-    from agent.cli import main
+    from meterd.agent.cli import main
 
     r = CliRunner().invoke(main, ["collector", "token", "create", "n1", "--db", str(cdb)])
     assert r.exit_code == 0, r.output

@@ -193,9 +193,9 @@ class FakeNvml:
 
     def install(self, monkeypatch) -> "FakeNvml":
         """Patch the ``pynvml`` that probes use."""
-        import probes.nvml
+        from meterd.probes import nvml as nvml_probe
 
-        monkeypatch.setattr(probes.nvml, "pynvml", self.module)
+        monkeypatch.setattr(nvml_probe, "pynvml", self.module)
         return self
 
     # -- the fake library -----------------------------------------------------------------------

@@ -19,10 +19,10 @@ def main() -> None:
     watts = float(os.environ.get("METERD_FAKE_WATTS", "300"))
     fake = FakeNvml([h100(curve=[(0.0, watts)]) for _ in range(n)], missing=None if n else "library")
 
-    import probes.nvml
+    from meterd.probes import nvml as nvml_probe
 
-    probes.nvml.pynvml = fake.module
-    from agent.cli import main as meter
+    nvml_probe.pynvml = fake.module
+    from meterd.agent.cli import main as meter
 
     meter(prog_name="meter")
 

@@ -4,9 +4,9 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from agent.cli import main
-from agent.store import Store
-from kernels.roofline import BUILTIN_PROFILES
+from meterd.agent.cli import main
+from meterd.agent.store import Store
+from meterd.kernels.roofline import BUILTIN_PROFILES
 from tests.fakes.nvml import h100
 
 KEYS = {"device", "kernel", "dtype", "value", "unit", "pct_of_peak", "watts", "energy_j", "energy_source"}

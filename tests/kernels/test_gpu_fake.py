@@ -9,9 +9,9 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from agent.cli import main
-from kernels import gpu
-from kernels.base import KernelIncorrect
+from meterd.agent.cli import main
+from meterd.kernels import gpu
+from meterd.kernels.base import KernelIncorrect
 from tests.fakes.nvml import h100
 from tests.kernels.fake_cupy import FakeCupy
 

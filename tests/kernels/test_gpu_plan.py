@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from kernels import gpu
-from kernels.base import KernelUnavailable
-from kernels.suite import Sizes, plan_devices
-from probes.nvml import NvidiaGpus
+from meterd.kernels import gpu
+from meterd.kernels.base import KernelUnavailable
+from meterd.kernels.suite import Sizes, plan_devices
+from meterd.probes.nvml import NvidiaGpus
 from tests.fakes.nvml import h100
 
 

@@ -1,7 +1,7 @@
 import pytest
 
-from kernels.prices import DEFAULT_PRICES, MONTH_S, Prices
-from kernels.roofline import (
+from meterd.kernels.prices import DEFAULT_PRICES, MONTH_S, Prices
+from meterd.kernels.roofline import (
     BUILTIN_PROFILES, ModelProfile, all_profiles, capacity, cost_per_mtok_micro, cost_rate_micro_per_s,
     decode_step_s, decode_tokens_per_s, prefill_tokens_per_s, profile_from_dict,
 )

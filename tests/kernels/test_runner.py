@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from kernels.base import BOUNDS, Kernel, KernelIncorrect, Timer, check_close
-from kernels.cpu import CpuCopy, CpuGemm, CpuTriad, rotation_sets
-from kernels.runner import Runner, RunnerOptions, to_point
-from probes.nvml import NvidiaGpus
-from probes.readings import DeviceSample, Reading
+from meterd.kernels.base import BOUNDS, Kernel, KernelIncorrect, Timer, check_close
+from meterd.kernels.cpu import CpuCopy, CpuGemm, CpuTriad, rotation_sets
+from meterd.kernels.runner import Runner, RunnerOptions, to_point
+from meterd.probes.nvml import NvidiaGpus
+from meterd.probes.readings import DeviceSample, Reading
 from tests.fakes.nvml import ManualClock, h100
 
 

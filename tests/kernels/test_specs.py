@@ -1,6 +1,6 @@
 import pytest
 
-from kernels.specs import SPECS, lookup, pct_of_peak
+from meterd.kernels.specs import SPECS, lookup, pct_of_peak
 
 
 @pytest.mark.parametrize("nvml_name, spec_name", [

@@ -1,6 +1,6 @@
 import pytest
 
-from kernels.stats import (
+from meterd.kernels.stats import (
     Energy, PowerPoint, counter_delta_j, kernel_energy, median, per_joule, percentile,
     relative_spread, throughput, trapezoid_j,
 )

@@ -1,8 +1,8 @@
 import pytest
 
-from probes.device import NullGpus
-from probes.errors import GpuLost, NvmlCallError
-from probes.nvml import NvidiaGpus, decode_throttle_reasons, get_gpus, nvml_query
+from meterd.probes.device import NullGpus
+from meterd.probes.errors import GpuLost, NvmlCallError
+from meterd.probes.nvml import NvidiaGpus, decode_throttle_reasons, get_gpus, nvml_query
 from tests.fakes.nvml import FakeMig, GiB, a100, h100, integrate, p100
 
 

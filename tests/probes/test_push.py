@@ -8,7 +8,7 @@ import threading
 import httpx
 import pytest
 
-from probes.push import (
+from meterd.probes.push import (
     InvalidUsage,
     PushedUsage,
     PushEndpoint,

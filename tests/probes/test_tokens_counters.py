@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from probes.counters import CounterTracker, Counts, Gap, Totals
+from meterd.probes.counters import CounterTracker, Counts, Gap, Totals
 
 
 def totals(**models) -> Totals:

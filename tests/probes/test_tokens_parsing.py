@@ -3,8 +3,8 @@
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from probes.counters import Counts
-from probes.prometheus_servers import (
+from meterd.probes.counters import Counts
+from meterd.probes.prometheus_servers import (
     KINDS,
     SPECS,
     BadCounter,

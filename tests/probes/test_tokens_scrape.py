@@ -8,9 +8,9 @@ import time
 import httpx
 import pytest
 
-from probes.counters import Counts, CounterTracker, Gap, Totals
-from probes.prometheus_servers import KINDS, GenericMetrics, ServerUnreachable
-from probes.tokens import TokenSource, normalize_url, scrape_all
+from meterd.probes.counters import Counts, CounterTracker, Gap, Totals
+from meterd.probes.prometheus_servers import KINDS, GenericMetrics, ServerUnreachable
+from meterd.probes.tokens import TokenSource, normalize_url, scrape_all
 from tests.fakes.servers import GENERIC, FakeInferenceServer
 
 FAST_S = 0.4  # the deadline used against servers that hang

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from agent.events import event_id
-from agent.store import Store
+from meterd.agent.events import event_id
+from meterd.agent.store import Store
 
 MON = 1_795_392_000.0  # Monday 2026-11-23T00:00:00Z
 HOUR, DAY, WEEK = 3600.0, 86400.0, 7 * 86400.0

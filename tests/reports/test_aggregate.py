@@ -3,9 +3,9 @@
 
 import pytest
 
-from reports.aggregate import (IDLE, Ceiling, Cells, ReportError, aggregate, bucket, device_rates,
+from meterd.reports.aggregate import (IDLE, Ceiling, Cells, ReportError, aggregate, bucket, device_rates,
                                match_profile, parse_by)
-from reports.query import Filters, read_store
+from meterd.reports.query import Filters, read_store
 from tests.reports.conftest import DAY, HOUR, MON, WEEK
 
 INTS = ("prompt_tokens", "completion_tokens", "tokens", "cost_capex_micro", "cost_energy_micro",
@@ -130,7 +130,7 @@ def test_capacity_beside_realized(store):
              {"device": "GPU-0", "device_name": None, "kernel": "copy", "dtype": "fp32", "value": 3e12,
               "unit": "bytes/s", "watts": 500.0}]
     store.save_bench("run", "n1", MON - 10, bench, {})
-    from kernels.roofline import BUILTIN_PROFILES, decode_tokens_per_s, prefill_tokens_per_s
+    from meterd.kernels.roofline import BUILTIN_PROFILES, decode_tokens_per_s, prefill_tokens_per_s
 
     prof = BUILTIN_PROFILES["llama-3.1-8b"]
     prefill = prefill_tokens_per_s(prof, 8e14)

@@ -8,8 +8,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from agent.cli import main
-from reports.render import FIELDS
+from meterd.agent.cli import main
+from meterd.reports.render import FIELDS
 
 
 def meter(*args):
@@ -90,7 +90,7 @@ def test_clear_errors(db, args, message):
 
 
 def test_empty_and_missing_store(tmp_path):
-    from agent.store import Store
+    from meterd.agent.store import Store
 
     Store(tmp_path / "empty.db").close()
     r = meter("--db", str(tmp_path / "empty.db"))
@@ -111,12 +111,12 @@ def test_a_node_that_served_no_tokens_reports_its_idle_cost(tmp_path):
 
     from click.testing import CliRunner as _Runner
 
-    from agent.cli import main as _main
-    from agent.config import Prices, to_micro
-    from agent.costmodel import DeviceShare
-    from agent.ledger import price_window
-    from agent.store import Store
-    from agent.windows import Window
+    from meterd.agent.cli import main as _main
+    from meterd.agent.config import Prices, to_micro
+    from meterd.agent.costmodel import DeviceShare
+    from meterd.agent.ledger import price_window
+    from meterd.agent.store import Store
+    from meterd.agent.windows import Window
 
     db = tmp_path / "idle.db"
     s = Store(db)

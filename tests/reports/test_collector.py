@@ -8,13 +8,13 @@ import socket
 import pytest
 from click.testing import CliRunner
 
-from agent.cli import main
-from agent.events import window_event
-from collector.auth import create_token
-from collector.store import SQLiteStore
-from collector.validation import check_batch
-from reports.aggregate import aggregate
-from reports.query import CollectorDown, CollectorRefused, Filters, read_collector, read_store
+from meterd.agent.cli import main
+from meterd.agent.events import window_event
+from meterd.collector.auth import create_token
+from meterd.collector.store import SQLiteStore
+from meterd.collector.validation import check_batch
+from meterd.reports.aggregate import aggregate
+from meterd.reports.query import CollectorDown, CollectorRefused, Filters, read_collector, read_store
 from tests.collector.conftest import LiveServer
 from tests.reports.conftest import fleet_windows
 
@@ -125,7 +125,7 @@ def test_html_over_a_collector_has_its_charts_and_says_why_there_is_no_roofline(
 def test_other_collector_answers_are_one_line_too():
     import httpx
 
-    from reports.query import QueryError
+    from meterd.reports.query import QueryError
 
     def proxy(request):
         return httpx.Response(502, text="Bad Gateway\n<html>...</html>")

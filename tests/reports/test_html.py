@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from reports.aggregate import aggregate
-from reports.html import _time_ticks, render_html
-from reports.query import Filters, read_store
+from meterd.reports.aggregate import aggregate
+from meterd.reports.html import _time_ticks, render_html
+from meterd.reports.query import Filters, read_store
 from tests.reports.conftest import DAY, HOUR, MON
 
 

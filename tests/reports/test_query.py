@@ -5,12 +5,12 @@ import random
 
 import pytest
 
-from agent.config import Prices
-from agent.costmodel import DeviceShare
-from agent.ledger import price_window
-from agent.windows import Usage, Window
-from reports.aggregate import aggregate
-from reports.query import DAY, HOUR, EmptyStore, Filters, NoData, plan, read_store
+from meterd.agent.config import Prices
+from meterd.agent.costmodel import DeviceShare
+from meterd.agent.ledger import price_window
+from meterd.agent.windows import Usage, Window
+from meterd.reports.aggregate import aggregate
+from meterd.reports.query import DAY, HOUR, EmptyStore, Filters, NoData, plan, read_store
 from tests.reports.conftest import MON, window
 
 
@@ -28,7 +28,7 @@ def test_plan_uses_days_then_hours_then_raw_minutes():
 @pytest.fixture(scope="module")
 def busy(tmp_path_factory):
     """Three days of windows every 7 minutes on two devices, some idle, two models."""
-    from agent.store import Store
+    from meterd.agent.store import Store
 
     store = Store(tmp_path_factory.mktemp("busy") / "meterd.db")
     rng = random.Random(8)
