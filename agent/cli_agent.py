@@ -20,7 +20,7 @@ from meterd.agent.config import EXAMPLE, Config, ConfigError, _listen, _window, 
 from meterd.agent.costmodel import cost_per_mtok
 from meterd.agent.events import iso
 from meterd.agent.timeparse import TimeParseError, parse_when
-from meterd.probes.errors import MeterError
+from meterd.errors import MeterError
 
 log = logging.getLogger("meterd")
 

@@ -20,7 +20,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable
 
-from meterd.probes.errors import MeterError
+from meterd.errors import MeterError
 
 MICRO = 1_000_000
 SOURCE_KINDS = ("vllm", "sglang", "tgi", "llamacpp", "trtllm", "triton", "generic", "auto")

@@ -7,7 +7,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from meterd.probes.errors import MeterError
+from meterd.errors import MeterError
 
 
 class AlreadyRunning(MeterError):

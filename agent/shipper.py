@@ -34,7 +34,7 @@ import httpx
 
 from meterd.agent.events import BATCH_CONTENT_TYPE, window_event
 from meterd.agent.store import Store
-from meterd.probes.errors import MeterError
+from meterd.errors import MeterError
 from meterd.probes.net import is_loopback
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The one kernel interface, the timers, and the correctness gate.
 
-Exceptions (under :class:`probes.errors.MeterError`)::
+Exceptions (under :class:`meterd.errors.MeterError`)::
 
     MeterError
      └── KernelError              a kernel could not be benchmarked
@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from meterd.probes.errors import MeterError
+from meterd.errors import MeterError
 
 
 class KernelError(MeterError):

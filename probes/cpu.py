@@ -13,7 +13,7 @@ import psutil
 
 from meterd.probes.cpu_tdp import watts_per_core
 from meterd.probes.device import Device
-from meterd.probes.errors import RaplUnavailable
+from meterd.errors import RaplUnavailable
 from meterd.probes.rapl import RaplCounter
 from meterd.probes.readings import DeviceSample, Reading
 

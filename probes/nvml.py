@@ -2,7 +2,7 @@
 
 Every NVML call goes through :func:`nvml_query`, the one gateway (after nvitop's
 ``nvmlQuery``): it tries versioned names in order, turns NOT_SUPPORTED into ``None``, logs a
-missing function once, and converts NVML errors into meterd's own (:mod:`probes.errors`).
+missing function once, and converts NVML errors into meterd's own (:mod:`meterd.errors`).
 Tests replace the module-level ``pynvml`` with the fake in ``tests/fakes``.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, Callable
 import pynvml
 
 from meterd.probes.device import Device, Gpus, NullGpus
-from meterd.probes.errors import GpuLost, NvmlCallError, NvmlUnavailable
+from meterd.errors import GpuLost, NvmlCallError, NvmlUnavailable
 from meterd.probes.readings import DeviceSample, Reading
 
 log = logging.getLogger(__name__)

@@ -47,7 +47,7 @@ generic       named in the config (:class:`GenericMetrics`)          named in th
 
 Exceptions (all carry one line for people)::
 
-    ProbeError (probes.errors)
+    ProbeError (meterd.errors)
      └── TokenProbeError        reading an inference server's token counters failed
           ├── ServerUnreachable  no usable answer: refused, timed out, HTTP error, too large
           ├── NotPrometheusText  the answer is not Prometheus text: binary, HTML, truncated
@@ -64,7 +64,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as _parse_text
 
 from meterd.probes.counters import Counts, Gap, Totals
-from meterd.probes.errors import ProbeError
+from meterd.errors import ProbeError
 
 DEFAULT_MODEL = "default"
 

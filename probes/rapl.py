@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from meterd.probes.errors import RaplUnavailable
+from meterd.errors import RaplUnavailable
 
 POWERCAP = "sys/class/powercap"
 _PACKAGE_DIR = re.compile(r"^intel-rapl:\d+$")

@@ -4,6 +4,7 @@ A top-level ``kernels/__init__.py`` of ours would overwrite Hugging Face's ``ker
 (and ``pip uninstall meterd`` would then delete it), so the wheel's file list is the contract.
 """
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -19,8 +20,12 @@ PACKAGES = ("agent", "probes", "kernels", "reports", "collector")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     build = tmp_path_factory.mktemp("build")
+    # A copy of the source, so the build's own build/ and egg-info never land in the checkout.
+    src = build / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "*.db*", ".pytest_cache"))
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                        "--no-index", "-q", "-w", str(out), str(ROOT)],
+                        "--no-index", "-q", "-w", str(out), str(src)],
                        capture_output=True, text=True, timeout=300,
                        env={"PATH": "/usr/bin:/bin", "PIP_NO_INPUT": "1", "TMPDIR": str(build)})
     assert r.returncode == 0, r.stderr[-2000:]

@@ -7,7 +7,7 @@ import pytest
 
 from meterd.probes.cpu import CpuDevice, busy_pct, cpu_model_name
 from meterd.probes.cpu_tdp import DEFAULT_W_PER_CORE, watts_per_core
-from meterd.probes.errors import RaplUnavailable
+from meterd.errors import RaplUnavailable
 from meterd.probes.rapl import RaplCounter, counter_delta_uj, find_package_domains
 
 MAX_RANGE = 262_143_328_850

@@ -1,7 +1,7 @@
 import pytest
 
 from meterd.probes.device import NullGpus
-from meterd.probes.errors import GpuLost, NvmlCallError
+from meterd.errors import GpuLost, NvmlCallError
 from meterd.probes.nvml import NvidiaGpus, decode_throttle_reasons, get_gpus, nvml_query
 from tests.fakes.nvml import FakeMig, GiB, a100, h100, integrate, p100
 

@@ -1,4 +1,8 @@
-"""meterd's exception tree. Exceptions are converted at boundaries, with the cause kept.
+"""meterd's exception tree: one neutral module every package imports (never the other way).
+
+Every expected failure is one of these, with the message a user needs; the `meter` group turns
+them into one line on stderr and exit status 1. Exceptions are converted at boundaries, with the
+cause kept.
 
     MeterError
      ├── ProbeError                 a probe could not read what it was asked
@@ -10,7 +14,12 @@
      │         ├── ServerUnreachable, NotPrometheusText, BadCounter, MetricsMissing
      │         (probes/prometheus_servers.py; each turns into a Gap, never zero tokens)
      ├── ConfigError                a config key is wrong (agent/config.py; the message names it)
-     └── ShipError                  the shipping setup is unusable: URL, token file (agent/shipper.py)
+     ├── ShipError                  the shipping setup is unusable: URL, token file (agent/shipper.py)
+     └── StoreError                 an SQLite store cannot be used as asked (the message names the file)
+          ├── StoreVersionError     the store's schema is newer (or older) than this meterd
+          ├── StoreKindError        the file is not this kind of store (a collector db given to the agent...)
+          ├── StoreDamaged          SQLite reports a malformed database (integrity_check says more)
+          └── StoreUnavailable      the store cannot be opened or written now: missing, read-only, full, locked
 
 The CLI turns these into one line (click.ClickException); nothing else catches them broadly.
 """
@@ -37,4 +46,24 @@ class NvmlCallError(ProbeError):
 
 
 class RaplUnavailable(ProbeError):
+    pass
+
+
+class StoreError(MeterError):
+    pass
+
+
+class StoreVersionError(StoreError):
+    pass
+
+
+class StoreKindError(StoreError):
+    pass
+
+
+class StoreDamaged(StoreError):
+    pass
+
+
+class StoreUnavailable(StoreError):
     pass
