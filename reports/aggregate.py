@@ -24,8 +24,8 @@ device's own cost rate, read from its windows (capex + opex per second, and the 
 joule its windows paid, PUE and tariff included) at the bench's full-use watts, times the
 seconds the ceiling needs: prompt / prefill tokens/s + completion / decode tokens/s.
 ``realized_over_capacity`` = realized cost per Mtok / capacity cost per Mtok: the fleet's
-*efficiency* as DESIGN.md defines it (1.0 means at the ceiling; 4.0 means paying four times the
-ceiling's price per token). Lower is better.
+*efficiency* as docs/architecture.md defines it (1.0 means at the ceiling; 4.0 means paying four
+times the ceiling's price per token). Lower is better.
 """
 
 from __future__ import annotations
