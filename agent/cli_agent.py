@@ -5,10 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import signal
-import sqlite3
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -16,7 +12,8 @@ import click
 from meterd.agent.ui import console
 from rich.table import Table
 
-from meterd.agent.config import EXAMPLE, Config, ConfigError, _listen, _window, default_config, load_config, parse_source_flag
+from meterd.agent import runtime
+from meterd.agent.config import EXAMPLE, Config, ConfigError, default_config, load_config
 from meterd.agent.costmodel import cost_per_mtok
 from meterd.agent.events import iso
 from meterd.agent.timeparse import TimeParseError, parse_when
@@ -32,47 +29,14 @@ def _load(config_path: str | None) -> Config:
         raise click.ClickException(str(e)) from None
 
 
-def _open_store(path: str | None, config: Config | None = None):
-    from meterd.agent.store import Store
-
-    p = path or (config.store if config else None)
+def _open_store(path: str | None):
     try:
-        return Store(p)
-    except (OSError, RuntimeError, sqlite3.Error) as e:  # unwritable, newer schema, not a database
-        raise click.ClickException(f"cannot open the store {p or 'at the default path'}: {e}") from None
+        return runtime.open_store(path)
+    except MeterError as e:
+        raise click.ClickException(str(e)) from None
 
 
-DEFAULT_PUSH_LISTEN = "127.0.0.1:9465"
 DEFAULT_LAST_WINDOWS = 200
-
-
-def _start_push(listen: str):
-    from meterd.probes.push import PushEndpoint
-
-    try:
-        if listen.startswith("unix:"):
-            endpoint = PushEndpoint(uds=listen[len("unix:"):])
-        else:
-            host, _, port = listen.rpartition(":")
-            endpoint = PushEndpoint(host.strip("[]") or "127.0.0.1", int(port))
-        endpoint.start()
-    except (ValueError, OSError, RuntimeError) as e:
-        raise click.ClickException(f"push endpoint {listen}: {e}") from None
-    log.info("push endpoint for usage records on %s", listen)
-    return endpoint
-
-
-def _import_sqlite_utils_without_numpy() -> None:
-    """sqlite-utils imports NumPy at import time whenever it is installed, only to map NumPy
-    values to SQL types; the daemon never stores one. Hiding NumPy during that one import saves
-    ~11 MB of RSS on every node; NumPy stays importable afterwards."""
-    if "sqlite_utils" in sys.modules or "numpy" in sys.modules:
-        return
-    sys.modules["numpy"] = None  # type: ignore[assignment]
-    try:
-        import sqlite_utils  # noqa: F401
-    finally:
-        del sys.modules["numpy"]
 
 
 @click.command("agent")
@@ -93,128 +57,18 @@ def agent_cmd(config_path, duration, db_path, interval, window, sources, metrics
     reloads --config: a valid config takes effect at the next window, an invalid one is refused
     with the reason logged and the running one kept.
     """
-    _import_sqlite_utils_without_numpy()
-    from meterd.agent.daemon import Agent
-    from meterd.agent.metrics import AgentState, MetricsServer
-    from meterd.agent.systemd import Notifier
-    from meterd.probes.devices import get_devices
-
     root = logging.getLogger()
     root.setLevel(min(root.level, logging.INFO))
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per scrape is not an event
-
-    def effective(config: Config) -> Config:
-        overrides: dict = {}
-        if db_path:
-            overrides["store"] = db_path
-        if interval:
-            overrides["interval_s"] = interval
-        if window is not None:
-            overrides["window_s"] = _window("--window", window)
-        if sources:
-            overrides["sources"] = tuple(parse_source_flag(s) for s in sources)
-        if metrics_listen:
-            overrides["metrics_listen"] = _listen("--metrics", metrics_listen)
-        if ship_url:
-            overrides["ship_url"] = ship_url
-        if token_file:
-            overrides["ship_token_file"] = token_file
-        config = dataclasses.replace(config, **overrides)
-        if config.interval_s > config.window_s:
-            raise ConfigError(f"--interval: must not exceed the window ({config.window_s} s)")
-        return config
-
+    overrides = runtime.Overrides(store=db_path, interval_s=interval, window_s=window, sources=sources,
+                                  metrics_listen=metrics_listen, ship_url=ship_url, ship_token_file=token_file)
     try:
-        config = effective(_load(config_path))
-    except ConfigError as e:
-        raise click.ClickException(str(e)) from None
-
-    def reload_config() -> Config:
-        if not config_path:
-            raise ConfigError("no --config file to reload")
-        return effective(load_config(config_path))
-
-    ship_token = None
-    if config.ship_url:
-        from meterd.agent.shipper import ShipError, check_url, read_token_file
-
-        try:
-            check_url(config.ship_url, config.ship_allow_insecure)
-            if not config.ship_token_file:
-                raise ShipError("shipping needs a bearer token: --token-file FILE or [ship] token_file")
-            ship_token = read_token_file(config.ship_token_file)
-        except ShipError as e:
-            raise click.ClickException(str(e)) from None
-
-    stop = threading.Event()
-    agent = None
-
-    def on_signal(signum, frame):
-        if signum == signal.SIGHUP:
-            if agent is not None:
-                agent.request_reload()
-            return
-        stop.set()
-
-    # Before anything slow (NVML start-up): a SIGTERM from then on is a clean stop, never a kill.
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-    from meterd.agent.pidlock import AlreadyRunning, StoreLock
-
-    try:
-        store = _open_store(None, config)
-        try:
-            lock = StoreLock(store.path).acquire()
-        except AlreadyRunning as e:
-            store.close()
-            raise click.ClickException(str(e)) from None
-    except click.ClickException:
-        for s, h in previous.items():
-            signal.signal(s, h)
-        raise
-    node = get_devices()
-    state = AgentState(currency=config.prices.currency, store_path=str(store.path))
-    metrics = None
-    shipper = None
-    push = None
-    try:
-        if config.metrics_listen:
-            try:
-                metrics = MetricsServer(state, config.metrics_listen)
-            except OSError as e:
-                raise click.ClickException(f"--metrics {config.metrics_listen}: cannot listen: {e.strerror}") from None
-            log.info("Prometheus metrics on http://%s/metrics", config.metrics_listen)
-        if ship_token is not None:
-            from meterd.agent.shipper import ShipperThread
-
-            shipper = ShipperThread(store.path, config.ship_url, ship_token,
-                                    backoff_cap_s=config.ship_backoff_cap_s).start()
-            state.outbox_depth = shipper.store_counts
-            log.info("shipping windows to %s", config.ship_url)
-        if config.push_listen or any(src.kind == "push" for src in config.sources):
-            push = _start_push(config.push_listen or DEFAULT_PUSH_LISTEN)
-        agent = Agent(config, store, node, notifier=Notifier(), state=state, reload_config=reload_config,
-                      push=push)
-        log.info("metering %d device(s) into %s every %g s, windows of %d s",
-                 len(node.devices), store.path, config.interval_s, config.window_s)
-        summary = agent.run(duration_s=duration, stop=stop)
-        if stop.is_set():
-            log.info("stopped by signal: open windows closed as partial and committed")
+        run = runtime.run_agent(config_path, overrides, duration_s=duration, handle_signals=True)
     except MeterError as e:
         raise click.ClickException(str(e)) from None
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-        if push is not None:
-            push.stop()
-        if shipper is not None:
-            shipper.close()
-        if metrics is not None:
-            metrics.close()
-        node.close()
-        store.close()
-        lock.release()
-    click.echo(f"metered {summary.rounds} rounds; committed {summary.windows} windows "
-               f"({summary.partial_windows} partial) to {store.path}", err=True)
+    s = run.summary
+    click.echo(f"metered {s.rounds} rounds; committed {s.windows} windows "
+               f"({s.partial_windows} partial) to {run.store_path}", err=True)
 
 
 def window_json(w: dict) -> dict:

@@ -13,6 +13,7 @@ cause kept.
      │    └── TokenProbeError       an inference server's counters could not be read
      │         ├── ServerUnreachable, NotPrometheusText, BadCounter, MetricsMissing
      │         (probes/prometheus_servers.py; each turns into a Gap, never zero tokens)
+     ├── InputError                 bad input: a flag's value, a device or model name, a time
      ├── ConfigError                a config key is wrong (agent/config.py; the message names it)
      ├── ShipError                  the shipping setup is unusable: URL, token file (agent/shipper.py)
      └── StoreError                 an SQLite store cannot be used as asked (the message names the file)
@@ -46,6 +47,10 @@ class NvmlCallError(ProbeError):
 
 
 class RaplUnavailable(ProbeError):
+    pass
+
+
+class InputError(MeterError):
     pass
 
 

@@ -119,7 +119,7 @@ def test_models_in_the_config_are_validated(tmp_path):
 
 
 def test_bench_capacity_uses_the_configs_prices_and_models(tmp_path):
-    from meterd.agent.cli_bench import capacity_prices
+    from meterd.agent.bench_run import capacity_prices
     from meterd.agent.config import Prices as AgentPrices
     from meterd.kernels.prices import YEAR_S
 
