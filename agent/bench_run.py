@@ -19,7 +19,8 @@ from typing import Any, Callable
 
 from meterd import __version__
 from meterd.agent.config import Config, default_config, load_config
-from meterd.errors import StoreUnavailable, InputError
+from meterd.errors import InputError
+from meterd.sqlite_store import store_error
 from meterd.kernels.prices import YEAR_S, Prices
 from meterd.kernels.roofline import DEFAULT_BATCH, DEFAULT_CONTEXT_TOKENS, all_profiles
 from meterd.kernels.suite import Progress, Sizes, capacity_rows, library_versions, plan_devices, run_plans, runner_options
@@ -85,7 +86,7 @@ def bench(*, device: str | None = None, quick: bool = False, tiny: bool = False,
     (default: the config's store) and return the results with the capacity table priced from
     ``config`` (or the file ``config_path``, or the built-in defaults). ``tiny`` is for tests:
     tiny sizes, meaningless figures."""
-    from meterd.agent.runtime import open_store
+    from meterd.agent.store import open_store
 
     if config is None:
         config = load_config(config_path) if config_path else default_config()
@@ -113,7 +114,7 @@ def bench(*, device: str | None = None, quick: bool = False, tiny: bool = False,
         try:
             store.save_bench(run_id, socket.gethostname(), at, rows, versions)
         except sqlite3.Error as e:
-            raise StoreUnavailable(f"cannot save the results to the store {store.path}: {e}") from e
+            raise store_error(e, store.path) from e
     return BenchResult(
         run_id=run_id, rows=rows, capacity=capacity_rows(rows, profiles, prices, batch, context_tokens),
         notes=notes, skipped={dt: why for p in plans for dt, why in p.skipped.items()},

@@ -15,6 +15,7 @@ from rich.live import Live
 from meterd import __version__
 from meterd.agent.status_view import status_json, status_table
 from meterd.agent.ui import console
+from meterd.errors import MeterError
 from meterd.probes.devices import get_devices
 
 
@@ -35,6 +36,14 @@ class LazyGroup(click.Group):
             module, attr = LAZY_COMMANDS[name].split(":")
             return getattr(importlib.import_module(module), attr)
         return super().get_command(ctx, name)
+
+    def invoke(self, ctx: click.Context):
+        """Every expected failure (a :class:`MeterError`: an unusable store, bad config...) is
+        one line on stderr and exit status 1, whichever command raised it."""
+        try:
+            return super().invoke(ctx)
+        except MeterError as e:
+            raise click.ClickException(str(e)) from None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -29,13 +29,6 @@ def _load(config_path: str | None) -> Config:
         raise click.ClickException(str(e)) from None
 
 
-def _open_store(path: str | None):
-    try:
-        return runtime.open_store(path)
-    except MeterError as e:
-        raise click.ClickException(str(e)) from None
-
-
 DEFAULT_LAST_WINDOWS = 200
 
 
@@ -92,15 +85,15 @@ def window_json(w: dict) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list for scripts.")
 def windows_cmd(db_path, since, until, device, limit, as_json) -> None:
     """The stored windows: energy, tokens and cost per device per window."""
-    if db_path and not Path(db_path).exists():
-        raise click.ClickException(f"{db_path}: no such store")
+    from meterd.agent.store import open_store
+
     now = time.time()
     try:
         t0 = parse_when(since, now) if since else None
         t1 = parse_when(until, now) if until else None
     except TimeParseError as e:
         raise click.ClickException(str(e)) from None
-    store = _open_store(db_path)
+    store = open_store(db_path, readonly=True)
     try:
         last = DEFAULT_LAST_WINDOWS if since is None and limit is None else None
         rows = [window_json(w) for w in store.windows(t0, t1, device, limit, last=last)]
@@ -172,7 +165,9 @@ def outbox_group(ctx, db_path, as_json) -> None:
     ctx.obj["db"] = db_path
     if ctx.invoked_subcommand is not None:
         return
-    store = _existing_store(db_path)
+    from meterd.agent.store import open_store
+
+    store = open_store(db_path, readonly=True)
     try:
         pending, quarantined = store.outbox_counts()
         oldest = store.pending_windows(1)
@@ -199,18 +194,12 @@ def outbox_group(ctx, db_path, as_json) -> None:
 @click.pass_context
 def outbox_retry(ctx, ids) -> None:
     """Put quarantined windows (all, or these ids) back in the outbox; the agent sends them again."""
-    store = _existing_store(ctx.obj.get("db"))
+    from meterd.agent.store import open_store
+
+    store = open_store(ctx.obj.get("db"), create=False)
     try:
         n = store.retry_quarantined(list(ids) if ids else None)
     finally:
         store.close()
     click.echo(f"{n} window(s) back in the outbox")
 
-
-def _existing_store(db_path):
-    from meterd.agent.store import default_db_path
-
-    p = Path(db_path) if db_path else default_db_path()
-    if not p.exists():
-        raise click.ClickException(f"{p}: no store here (run `meter agent`, or give --db)")
-    return _open_store(str(p))

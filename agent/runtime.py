@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import signal
-import sqlite3
 import sys
 import threading
 from contextlib import ExitStack, closing, contextmanager
@@ -22,7 +21,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from meterd.agent.config import Config, ConfigError, _listen, _window, default_config, load_config, parse_source_flag
-from meterd.errors import StoreError, StoreUnavailable
 
 if TYPE_CHECKING:
     from meterd.agent.daemon import Agent, RunSummary
@@ -77,18 +75,6 @@ class Overrides:
 def load(config_path: str | None = None, overrides: Overrides = Overrides()) -> Config:
     """The config file (or the built-in defaults) with the overrides applied."""
     return overrides.apply(load_config(config_path) if config_path else default_config())
-
-
-def open_store(path: str | Path | None) -> "Store":
-    """The agent's store at ``path`` (None: the default path), or a StoreError that names it."""
-    from meterd.agent.store import Store
-
-    try:
-        return Store(path)
-    except StoreError:
-        raise
-    except (OSError, RuntimeError, sqlite3.Error) as e:  # unwritable, newer schema, not a database
-        raise StoreUnavailable(f"cannot open the store {path or 'at the default path'}: {e}") from e
 
 
 def import_sqlite_utils_without_numpy() -> None:
@@ -179,6 +165,7 @@ def open_runtime(config: Config, *, reload_config: Callable[[], Config] | None =
     (before NVML's slow start-up: a stop then is clean, never a kill) and SIGHUP reloads."""
     import_sqlite_utils_without_numpy()
     from meterd.agent.daemon import Agent
+    from meterd.agent.store import open_store
     from meterd.agent.metrics import AgentState, MetricsServer
     from meterd.agent.pidlock import StoreLock
     from meterd.agent.systemd import Notifier

@@ -1,6 +1,6 @@
-"""The node's ledger: SQLite through sqlite-utils, WAL with ``synchronous=FULL`` (WAL+NORMAL can
-lose committed transactions on power loss), a busy timeout, and schema migrations from the first
-version on (``PRAGMA user_version``).
+"""The node's ledger: SQLite through sqlite-utils, on the shared base (meterd/sqlite_store.py:
+WAL with ``synchronous=FULL``, a busy timeout, migrations by ``PRAGMA user_version``, read-only
+opening for the commands that only read, one-line store errors).
 
 Tables: ``samples`` (raw device readings, pruned after N days), ``windows`` (billed minutes, kept
 for good; also the outbox), ``window_usage`` (per model and tenant inside a window),
@@ -14,29 +14,24 @@ import json
 import os
 import sqlite3
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import sqlite_utils
 
-from meterd.agent.sqlite_tx import Immediate, run_script
+from meterd.sqlite_store import AGENT, Immediate, Migration, default_path, open_db, run_script, user_version
 
-BUSY_TIMEOUT_MS = 10_000
 #: The rollups' periods and their lengths in seconds.
 PERIODS = {"hour": 3600, "day": 86400}
 
 
 def default_db_path() -> Path:
-    """``$STATE_DIRECTORY/meterd.db`` under systemd, else the user's data directory."""
-    state = os.environ.get("STATE_DIRECTORY")
-    if state:
-        return Path(state.split(":")[0]) / "meterd.db"
-    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(data) / "meterd" / "meterd.db"
+    """``$STATE_DIRECTORY/meterd.db`` under systemd, else ``~/.local/share/meterd/meterd.db``."""
+    return default_path(AGENT.filename)
 
 
-def _m1_initial(db: sqlite_utils.Database) -> None:
+def _m1_initial(conn: sqlite3.Connection) -> None:
     run_script(
-        db.conn,
+        conn,
         """
         CREATE TABLE samples (
             id INTEGER PRIMARY KEY,
@@ -145,13 +140,13 @@ def _m1_initial(db: sqlite_utils.Database) -> None:
     )
 
 
-def _m2_idle_seconds(db: sqlite_utils.Database) -> None:
+def _m2_idle_seconds(conn: sqlite3.Connection) -> None:
     """The time and utilization x time of the windows that served no tokens, on each device's
     whole rollup row (model '' and tenant ''), so that a report's (idle) row shows them. Rollups
     whose windows are all still stored are filled in from those windows; one whose windows were
     partly dropped (enforce_budget) keeps 0, as its idle time is no longer known."""
     run_script(
-        db.conn,
+        conn,
         """
         ALTER TABLE rollups ADD COLUMN idle_seconds REAL NOT NULL DEFAULT 0;
         ALTER TABLE rollups ADD COLUMN idle_util_pct_s REAL NOT NULL DEFAULT 0
@@ -161,7 +156,7 @@ def _m2_idle_seconds(db: sqlite_utils.Database) -> None:
     for period, size in PERIODS.items():
         # One pass over the windows per period (UPDATE ... FROM, SQLite 3.33+), not a subquery
         # per rollup row: a year of minute windows is millions of rows.
-        db.conn.execute(
+        conn.execute(
             f"""
             UPDATE rollups SET idle_seconds = w.seconds, idle_util_pct_s = w.util_s
             FROM (SELECT node, device, (CAST(start AS INTEGER) / {size}) * {size} AS bucket,
@@ -179,41 +174,35 @@ def _m2_idle_seconds(db: sqlite_utils.Database) -> None:
 
 
 #: Append only. Each entry moves the schema from version i to i+1.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_idle_seconds]
+MIGRATIONS: list[Migration] = [_m1_initial, _m2_idle_seconds]
+
+
+def open_store(path: str | os.PathLike | None = None, *, readonly: bool = False,
+               create: bool = True) -> "Store":
+    """The agent's store at ``path`` (default: :func:`default_db_path`).
+
+    ``readonly=True`` for commands that only read (``meter windows``, ``report``, ``outbox``):
+    it never creates, migrates or writes the store (a missing one is a StoreUnavailable) and
+    works on a read-only mount or another user's 0644 store. ``create=False``: writable, but
+    the store must exist. Raises a :class:`meterd.errors.StoreError` naming the file."""
+    return Store(path, readonly=readonly, create=create)
 
 
 class Store:
     """The node's SQLite ledger. One instance per process; not shared across threads."""
 
-    def __init__(self, path: str | os.PathLike | None = None) -> None:
+    def __init__(self, path: str | os.PathLike | None = None, *, readonly: bool = False,
+                 create: bool = True) -> None:
         self.path = Path(path) if path is not None else default_db_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
-        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA journal_mode = WAL")
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        self.db = sqlite_utils.Database(conn)
-        self.migrate()
+        self.readonly = readonly
+        self.db = sqlite_utils.Database(open_db(self.path, AGENT, MIGRATIONS, readonly=readonly, create=create))
 
     @property
     def conn(self) -> sqlite3.Connection:
         return self.db.conn
 
     def schema_version(self) -> int:
-        return self.conn.execute("PRAGMA user_version").fetchone()[0]
-
-    def migrate(self) -> None:
-        version = self.schema_version()
-        if version > len(MIGRATIONS):
-            raise RuntimeError(
-                f"{self.path} has schema version {version}, newer than this meterd knows "
-                f"({len(MIGRATIONS)}): upgrade meterd"
-            )
-        for i in range(version, len(MIGRATIONS)):
-            with self.transaction():
-                MIGRATIONS[i](self.db)
-                self.conn.execute(f"PRAGMA user_version = {i + 1}")
+        return user_version(self.conn)
 
     def transaction(self):
         """``BEGIN IMMEDIATE`` ... ``COMMIT`` (rollback on error), for read-then-write."""

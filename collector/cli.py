@@ -7,7 +7,6 @@ it), so there is no import cycle.
 from __future__ import annotations
 
 import signal
-import sqlite3
 from pathlib import Path
 
 import click
@@ -16,7 +15,7 @@ from meterd.agent.events import iso
 from meterd.collector.app import DEFAULT_MAX_BODY_BYTES, create_app
 from meterd.collector.auth import create_token
 from meterd.collector.export import PERIODS, billing_rows, parse_bound, render_csv, render_json
-from meterd.collector.store import Query, SQLiteStore, default_db_path
+from meterd.collector.store import Query, SQLiteStore
 
 DEFAULT_LISTEN = "127.0.0.1:8650"
 
@@ -32,14 +31,6 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise click.BadParameter(f"expected HOST:PORT, not {text!r}", param_hint="--listen")
     return host.strip("[]"), int(port)
-
-
-def _open(db: Path | None) -> SQLiteStore:
-    """The store, or one clear line (a newer schema, a path that cannot be opened)."""
-    try:
-        return SQLiteStore(db)
-    except (RuntimeError, OSError, sqlite3.Error) as e:
-        raise click.ClickException(f"cannot open the collector database: {e}") from e
 
 
 def _exit_cleanly(signum, frame) -> None:
@@ -68,7 +59,7 @@ def serve(db: Path | None, listen: str, max_body: int, certfile: str | None, key
     host, port = parse_listen(listen)
     if (certfile is None) != (keyfile is None):
         raise click.UsageError("--certfile and --keyfile go together")
-    store = _open(db)
+    store = SQLiteStore(db)
     try:
         config = uvicorn.Config(
             create_app(store, max_body_bytes=max_body), host=host, port=port,
@@ -104,7 +95,7 @@ def token_create(name: str, read_only: bool, db: Path | None) -> None:
 
     Only its SHA-256 hash is stored: keep the token, it cannot be shown again.
     """
-    store = _open(db)
+    store = SQLiteStore(db)
     try:
         tok = create_token(store, name, scope="read" if read_only else "node")
     except ValueError as e:
@@ -120,7 +111,7 @@ def token_create(name: str, read_only: bool, db: Path | None) -> None:
 @_db_option
 def token_list(db: Path | None) -> None:
     """The tokens (key id, scope, name, created), never their secrets."""
-    store = _open(db)
+    store = SQLiteStore(db)
     try:
         for t in store.list_tokens():
             click.echo(f"{t.key_id}  {t.scope:<4}  {t.name}  {iso(t.created_at)}")
@@ -133,7 +124,7 @@ def token_list(db: Path | None) -> None:
 @_db_option
 def token_revoke(key_id: str, db: Path | None) -> None:
     """Revoke the token with KEY_ID (the part after "mtk_"; see `token list`). Takes effect at once."""
-    store = _open(db)
+    store = SQLiteStore(db)
     try:
         if not store.delete_token(key_id):
             raise click.ClickException(f"no token with key id {key_id!r}")
@@ -163,10 +154,7 @@ def export(db: Path | None, since: str, until: str, period: str, node: str | Non
         raise click.ClickException(str(e)) from e
     if t1 <= t0:
         raise click.ClickException("--until must be after --since")
-    path = db if db is not None else default_db_path()
-    if not Path(path).exists():
-        raise click.ClickException(f"no collector database at {path}")
-    store = _open(path)
+    store = SQLiteStore(db, readonly=True)
     try:
         groups = store.usage([period, "node", "model"], Query(node=node, since=t0, until=t1))
     finally:

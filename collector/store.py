@@ -1,8 +1,9 @@
 """The collector's storage: a small interface (``CollectorStore``) and its SQLite backend.
 
-SQLite the way agent/store.py does it: WAL with ``synchronous=FULL`` (a billed event that was
-acknowledged must survive a power cut), a busy timeout, ``BEGIN IMMEDIATE`` for every write,
-schema migrations from the first version on (``PRAGMA user_version``).
+SQLite on the base agent/store.py shares (meterd/sqlite_store.py): WAL with ``synchronous=FULL``
+(a billed event that was acknowledged must survive a power cut), a busy timeout, ``BEGIN
+IMMEDIATE`` for every write, migrations by ``PRAGMA user_version``, read-only opening (``meter
+collector export``), one-line store errors.
 
 Tables:
 
@@ -26,10 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from meterd.agent.sqlite_tx import Immediate, run_script
 from meterd.collector.validation import Parsed
+from meterd.sqlite_store import COLLECTOR, Immediate, Migration, default_path, open_db, run_script, user_version
 
-BUSY_TIMEOUT_MS = 10_000
 GROUP_KEYS = ("node", "device", "model", "tenant", "hour", "day", "month")
 _BUCKETS = {
     "hour": "strftime('%Y-%m-%dT%H:00:00Z', start, 'unixepoch')",
@@ -191,56 +191,35 @@ def _m1_initial(conn: sqlite3.Connection) -> None:
 
 
 #: Append only. Each entry moves the schema from version i to i+1.
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m1_initial]
+MIGRATIONS: list[Migration] = [_m1_initial]
 
 
 def default_db_path() -> Path:
-    """``$STATE_DIRECTORY/collector.db`` under systemd, else the user's data directory."""
-    state = os.environ.get("STATE_DIRECTORY")
-    if state:
-        return Path(state.split(":")[0]) / "collector.db"
-    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
-    return Path(data) / "meterd" / "collector.db"
+    """``$STATE_DIRECTORY/collector.db`` under systemd, else ``~/.local/share/meterd/collector.db``."""
+    return default_path(COLLECTOR.filename)
 
 
 class SQLiteStore(CollectorStore):
     """One connection shared by the server's worker threads behind a lock: SQLite serializes
     writers anyway, and a billing endpoint's reads are few."""
 
-    def __init__(self, path: str | os.PathLike | None = None, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: str | os.PathLike | None = None, *, clock: Callable[[], float] = time.time,
+                 readonly: bool = False, create: bool = True) -> None:
+        """``readonly=True`` never creates, migrates or writes the database (see
+        meterd/sqlite_store.py); raises a :class:`meterd.errors.StoreError` naming the file."""
         self.path = Path(path) if path is not None else default_db_path()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.readonly = readonly
         self._clock = clock
         self._lock = threading.Lock()
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                               check_same_thread=False)
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA foreign_keys = ON")
-            self.conn = conn
-            self._migrate()
-        except BaseException:
-            conn.close()
-            raise
+        self.conn = open_db(self.path, COLLECTOR, MIGRATIONS, readonly=readonly, create=create,
+                            check_same_thread=False)
 
     # -- plumbing ---------------------------------------------------------------------------------
 
     def schema_version(self) -> int:
-        return self.conn.execute("PRAGMA user_version").fetchone()[0]
+        return user_version(self.conn)
 
-    def _migrate(self) -> None:
-        version = self.schema_version()
-        if version > len(MIGRATIONS):
-            raise RuntimeError(f"{self.path} has schema version {version}, newer than this "
-                               f"collector knows ({len(MIGRATIONS)}): upgrade meterd")
-        for i in range(version, len(MIGRATIONS)):
-            with self._write():
-                MIGRATIONS[i](self.conn)
-                self.conn.execute(f"PRAGMA user_version = {i + 1}")
-
-    def _write(self) -> "_Immediate":
+    def _write(self) -> Immediate:
         return Immediate(self.conn)
 
     def close(self) -> None:

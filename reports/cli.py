@@ -14,6 +14,7 @@ import click
 from meterd.agent.timeparse import TimeParseError, parse_when
 from meterd.reports.aggregate import GROUP_KEYS, Cells, Report, ReportError, aggregate, iso, parse_by
 from meterd.reports.query import Filters, QueryError, read_collector, read_store
+from meterd.sqlite_store import store_error
 
 FORMATS = ("table", "json", "csv", "html")
 
@@ -35,18 +36,15 @@ def _reader(db: str | None, collector: str | None, token_file: str | None) -> Ca
         return lambda by, f: read_collector(collector, token, by, f)
     if token_file:
         raise click.ClickException("--token-file goes with --collector URL")
-    if db and not Path(db).exists():
-        raise click.ClickException(f"{db}: no such store")
 
     def read(by: Sequence[str], f: Filters) -> Cells:
-        from meterd.agent.store import Store
+        from meterd.agent.store import open_store
 
-        try:
-            store = Store(db)
-        except (OSError, RuntimeError, sqlite3.Error) as e:
-            raise click.ClickException(f"cannot open the store {db or 'at the default path'}: {e}") from None
+        store = open_store(db, readonly=True)
         try:
             return read_store(store, by, f)
+        except sqlite3.Error as e:
+            raise store_error(e, store.path) from e
         finally:
             store.close()
 

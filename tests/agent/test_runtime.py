@@ -156,8 +156,10 @@ def test_overrides_are_checked_and_win_over_the_file(no_nvml, tmp_path):
 def test_the_store_error_names_the_file(no_nvml, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(MeterError, match="cannot open the store"):
-        runtime.open_store(blocker / "m.db")
+    from meterd.agent.store import open_store
+
+    with pytest.raises(MeterError, match=f"cannot create the directory {blocker} for the agent store"):
+        open_store(blocker / "m.db")
 
 
 # -- the bench ------------------------------------------------------------------------------

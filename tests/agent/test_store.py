@@ -2,6 +2,8 @@ import sqlite3
 
 import pytest
 
+from meterd.errors import StoreVersionError
+
 from meterd.agent.store import MIGRATIONS, Store, default_db_path
 
 
@@ -22,7 +24,7 @@ def test_newer_schema_is_refused(tmp_path):
     c = sqlite3.connect(p)
     c.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
     c.close()
-    with pytest.raises(RuntimeError, match="newer than this meterd knows"):
+    with pytest.raises(StoreVersionError, match="newer than this meterd knows"):
         Store(p)
 
 

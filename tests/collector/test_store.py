@@ -7,6 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from meterd.errors import StoreVersionError
+
 from meterd.collector.store import MIGRATIONS, CollectorStore, SQLiteStore
 from meterd.collector.validation import check_batch
 from tests.collector.conftest import minutes, post_batch
@@ -33,7 +35,7 @@ def test_a_newer_schema_is_refused(tmp_path):
     c = sqlite3.connect(p)
     c.execute(f"PRAGMA user_version = {len(MIGRATIONS) + 1}")
     c.close()
-    with pytest.raises(RuntimeError, match="newer than this collector knows"):
+    with pytest.raises(StoreVersionError, match="newer than this meterd knows"):
         SQLiteStore(p)
 
 

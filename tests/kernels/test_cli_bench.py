@@ -72,7 +72,7 @@ def test_clear_errors(tmp_path, no_nvml):
     blocker = tmp_path / "file"
     blocker.write_text("")
     r = CliRunner().invoke(main, ["bench", "--tiny", "--db", str(blocker / "m.db")])
-    assert r.exit_code != 0 and "cannot open the store" in r.output
+    assert r.exit_code != 0 and f"cannot create the directory {blocker} for the agent store" in r.output
     r = CliRunner().invoke(main, ["bench", "--tiny", "--db", str(tmp_path / "m.db"), "--model", "nope"])
     assert r.exit_code != 0 and "unknown model 'nope'" in r.output
     r = CliRunner().invoke(main, ["bench", "--tiny", "--db", str(tmp_path / "m.db"), "--device", "gpu7"])

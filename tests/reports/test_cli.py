@@ -96,7 +96,7 @@ def test_empty_and_missing_store(tmp_path):
     r = meter("--db", str(tmp_path / "empty.db"))
     assert r.exit_code == 1 and r.output.strip() == "Error: no windows yet: run `meter agent`"
     r = meter("--db", str(tmp_path / "nope.db"))
-    assert r.exit_code == 1 and "no such store" in r.output
+    assert r.exit_code == 1 and "no agent store at" in r.output and not (tmp_path / "nope.db").exists()
 
 
 def test_relative_times(db):
