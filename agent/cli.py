@@ -1,5 +1,9 @@
-"""The `meter` command line. Each command is a few lines over a library call; domain errors
-become one clear line (click.ClickException), never a traceback."""
+"""The `meter` command line. Each command is a few lines over a library call.
+
+The one error boundary is :meth:`LazyGroup.invoke`: a :class:`meterd.errors.MeterError` from any
+command becomes one line on stderr and exit status 1; any other exception becomes one line too,
+naming it as a bug and pointing to ``meter --debug`` for the traceback. Click's usage errors keep
+their exit status 2."""
 
 from __future__ import annotations
 
@@ -7,7 +11,9 @@ import importlib
 import json
 import logging
 import socket
+import sys
 import time
+import traceback
 
 import click
 from rich.live import Live
@@ -38,24 +44,39 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, name)
 
     def invoke(self, ctx: click.Context):
-        """Every expected failure (a :class:`MeterError`: an unusable store, bad config...) is
-        one line on stderr and exit status 1, whichever command raised it."""
         try:
             return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort, KeyboardInterrupt, EOFError):
+            raise  # click's own: usage errors exit 2, Ctrl-C is "Aborted!"
         except MeterError as e:
-            raise click.ClickException(str(e)) from None
+            if ctx.params.get("debug"):
+                traceback.print_exc(file=sys.stderr)
+            raise click.ClickException(one_line(str(e)) or type(e).__name__) from None
+        except Exception as e:
+            if ctx.params.get("debug"):
+                raise
+            logging.getLogger("meterd").debug("unexpected error", exc_info=True)
+            raise click.ClickException(
+                f"unexpected {type(e).__name__}: {one_line(str(e))} (a bug in meterd; "
+                "`meter --debug ...` shows the traceback)") from None
+
+
+def one_line(text: str) -> str:
+    """A message as one line: its lines joined, surrounding space dropped."""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="meter")
 @click.option("-v", "--verbose", count=True, help="More log output on stderr (-v info, -vv debug).")
-def main(verbose: int) -> None:
+@click.option("--debug", is_flag=True, help="Show the Python traceback of an error (and debug log output).")
+def main(verbose: int, debug: bool) -> None:
     """meterd: what a token really costs on your own hardware.
 
     Measures the node's devices, the tokens its inference servers make, and what each million
     tokens costs in energy, capital and operations.
     """
-    level = logging.WARNING - 10 * min(verbose, 2)
+    level = logging.DEBUG if debug else logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 

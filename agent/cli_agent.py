@@ -13,20 +13,12 @@ from meterd.agent.ui import console
 from rich.table import Table
 
 from meterd.agent import runtime
-from meterd.agent.config import EXAMPLE, Config, ConfigError, default_config, load_config
+from meterd.agent.config import EXAMPLE, load_config
 from meterd.agent.costmodel import cost_per_mtok
 from meterd.agent.events import iso
-from meterd.agent.timeparse import TimeParseError, parse_when
-from meterd.errors import MeterError
+from meterd.agent.timeparse import parse_when
 
 log = logging.getLogger("meterd")
-
-
-def _load(config_path: str | None) -> Config:
-    try:
-        return load_config(config_path) if config_path else default_config()
-    except ConfigError as e:
-        raise click.ClickException(str(e)) from None
 
 
 DEFAULT_LAST_WINDOWS = 200
@@ -55,10 +47,7 @@ def agent_cmd(config_path, duration, db_path, interval, window, sources, metrics
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per scrape is not an event
     overrides = runtime.Overrides(store=db_path, interval_s=interval, window_s=window, sources=sources,
                                   metrics_listen=metrics_listen, ship_url=ship_url, ship_token_file=token_file)
-    try:
-        run = runtime.run_agent(config_path, overrides, duration_s=duration, handle_signals=True)
-    except MeterError as e:
-        raise click.ClickException(str(e)) from None
+    run = runtime.run_agent(config_path, overrides, duration_s=duration, handle_signals=True)
     s = run.summary
     click.echo(f"metered {s.rounds} rounds; committed {s.windows} windows "
                f"({s.partial_windows} partial) to {run.store_path}", err=True)
@@ -88,11 +77,8 @@ def windows_cmd(db_path, since, until, device, limit, as_json) -> None:
     from meterd.agent.store import open_store
 
     now = time.time()
-    try:
-        t0 = parse_when(since, now) if since else None
-        t1 = parse_when(until, now) if until else None
-    except TimeParseError as e:
-        raise click.ClickException(str(e)) from None
+    t0 = parse_when(since, now) if since else None
+    t1 = parse_when(until, now) if until else None
     store = open_store(db_path, readonly=True)
     try:
         last = DEFAULT_LAST_WINDOWS if since is None and limit is None else None
@@ -148,7 +134,7 @@ def config_init(path, force) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the effective config as JSON.")
 def config_check(path, as_json) -> None:
     """Validate a config: the bad key and why, or `ok`."""
-    config = _load(path)
+    config = load_config(path)
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(config), default=str))
     else:

@@ -15,7 +15,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from meterd.agent.bench_run import bench as run_bench
-from meterd.errors import MeterError
 from meterd.kernels.roofline import DEFAULT_BATCH, DEFAULT_CONTEXT_TOKENS
 
 _SCALE = {"flop/s": ("TFLOP/s", 1e12), "op/s": ("TOP/s", 1e12), "bytes/s": ("GB/s", 1e9)}
@@ -94,20 +93,25 @@ def bench(device_id: str | None, quick: bool, as_json: bool, db: str | None, mod
     tokens/s for model profiles and the cost per million tokens at full use with the default
     prices (--config, or the agent's defaults). Results are saved to the store.
     """
-    err = Console(stderr=True)
+    # The bar starts with the first kernel, so an error before it (a bad name, the store) is
+    # one line on stderr and nothing else.
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                   TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+    task = None
+
+    def on_progress(label: str, done: int, total: int) -> None:
+        nonlocal task
+        if task is None:
+            bar.start()
+            task = bar.add_task("bench", total=total)
+        bar.update(task, description=label, completed=done, total=total)
+
     try:
-        with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                      TimeElapsedColumn(), console=err, transient=True) as bar:
-            task = bar.add_task("bench", total=None)
-
-            def on_progress(label: str, done: int, total: int) -> None:
-                bar.update(task, description=label, completed=done, total=total)
-
-            result = run_bench(device=device_id, quick=quick, tiny=tiny, db=db, config_path=config_path,
-                               model=model_name, batch=batch, context_tokens=context_tokens,
-                               progress=on_progress)
-    except MeterError as e:
-        raise click.ClickException(str(e)) from None
+        result = run_bench(device=device_id, quick=quick, tiny=tiny, db=db, config_path=config_path,
+                           model=model_name, batch=batch, context_tokens=context_tokens, progress=on_progress)
+    finally:
+        if task is not None:
+            bar.stop()
     if as_json:
         click.echo(json.dumps(result.to_json()))
         return

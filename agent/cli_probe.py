@@ -10,7 +10,7 @@ import json
 import click
 import httpx
 
-from meterd.probes.prometheus_servers import KINDS, GenericMetrics, TokenProbeError
+from meterd.probes.prometheus_servers import KINDS, GenericMetrics
 from meterd.probes.tokens import DEFAULT_TIMEOUT_S, TokenSource
 
 
@@ -55,11 +55,8 @@ def tokens(url: str, kind: str, model: str | None, prompt_metric: str | None, co
         source = TokenSource(url, kind=kind, model=model, generic=generic, timeout_s=timeout_s)
     except ValueError as e:
         raise click.ClickException(str(e)) from e
-    try:
-        with httpx.Client() as client:
-            totals = source.read(client)
-    except TokenProbeError as e:
-        raise click.ClickException(str(e)) from e
+    with httpx.Client() as client:
+        totals = source.read(client)
 
     rows = [{"model": m, "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
              "prefill_s": c.prefill_s, "decode_s": c.decode_s} for m, c in totals.models.items()]

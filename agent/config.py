@@ -20,15 +20,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable
 
-from meterd.errors import MeterError
+from meterd.errors import ConfigError
 
 MICRO = 1_000_000
 SOURCE_KINDS = ("vllm", "sglang", "tgi", "llamacpp", "trtllm", "triton", "generic", "auto")
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-
-
-class ConfigError(MeterError):
-    """A config that cannot be used. The message names the key."""
 
 
 def to_micro(amount: float | int | str | Decimal) -> int:

@@ -7,11 +7,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from meterd.errors import MeterError
-
-
-class AlreadyRunning(MeterError):
-    pass
+from meterd.errors import AlreadyRunning
 
 
 class StoreLock:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from meterd.agent.windows import Tick
+from meterd.errors import TimedOut
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +79,6 @@ class ProbeHealth:
             else:
                 log.warning("probe %s failing: %s", name, reason)
             self.failing[name] = reason
-
-
-class TimedOut(Exception):
-    """The probe did not answer within the round's deadline."""
 
 
 class ConcurrentReader:

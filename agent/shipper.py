@@ -34,7 +34,7 @@ import httpx
 
 from meterd.agent.events import BATCH_CONTENT_TYPE, window_event
 from meterd.agent.store import Store
-from meterd.errors import MeterError
+from meterd.errors import ShipError
 from meterd.probes.net import is_loopback
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,6 @@ BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 300.0
 RETRYABLE = {408, 429}
 BATCH_REFUSALS = {401, 403, 404, 405, 415}
-
-
-class ShipError(MeterError):
-    """The shipping setup cannot be used (URL, token file)."""
 
 
 def check_url(url: str, allow_insecure: bool = False) -> str:

@@ -6,12 +6,9 @@ from __future__ import annotations
 import re
 
 from meterd.agent.events import parse_iso
+from meterd.errors import TimeParseError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-
-
-class TimeParseError(ValueError):
-    pass
 
 
 def parse_when(text: str, now: float) -> float:

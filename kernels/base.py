@@ -1,11 +1,8 @@
 """The one kernel interface, the timers, and the correctness gate.
 
-Exceptions (under :class:`meterd.errors.MeterError`)::
-
-    MeterError
-     └── KernelError              a kernel could not be benchmarked
-          ├── KernelUnavailable   the backend is missing (no CuPy, no CUDA device, a dtype cuBLAS lacks)
-          └── KernelIncorrect     the kernel's result is wrong: it reports no number
+Exceptions: :class:`KernelError` and its subclasses :class:`KernelUnavailable` (the backend is
+missing: no CuPy, no CUDA device, a dtype cuBLAS lacks) and :class:`KernelIncorrect` (the
+kernel's result is wrong: it reports no number), in :mod:`meterd.errors`.
 
 A kernel owns its buffers and one operation; the runner owns warm-up, timing, repeats and
 energy. Kernels are asynchronous where their device is (``run`` may return before the work is
@@ -20,20 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from meterd.errors import MeterError
-
-
-class KernelError(MeterError):
-    pass
-
-
-class KernelUnavailable(KernelError):
-    pass
-
-
-class KernelIncorrect(KernelError):
-    pass
-
+from meterd.errors import KernelError, KernelIncorrect, KernelUnavailable  # noqa: F401 (re-exported)
 
 #: Largest accepted error of a GEMM-like result, relative to ``|A|·|B|`` element by element
 #: (the scale of a dot product's rounding error), on inputs exactly representable in the dtype.

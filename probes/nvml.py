@@ -15,7 +15,7 @@ from typing import Any, Callable
 import pynvml
 
 from meterd.probes.device import Device, Gpus, NullGpus
-from meterd.errors import GpuLost, NvmlCallError, NvmlUnavailable
+from meterd.errors import GpuLost, NvmlCallError, NvmlUnavailable, ProbeError
 from meterd.probes.readings import DeviceSample, Reading
 
 log = logging.getLogger(__name__)
@@ -108,6 +108,8 @@ class NvidiaGpu(Device):
         self.index = index
         self._clock = clock
         self._handle = nvml_query("nvmlDeviceGetHandleByIndex", index)
+        if self._handle is None:  # NO_PERMISSION, NOT_FOUND...: no handle, no GPU to read
+            raise NvmlCallError(f"GPU {index}: NVML gives no handle for it")
         self.name = _text(nvml_query("nvmlDeviceGetName", self._handle, default="NVIDIA GPU"))
         uuid = nvml_query("nvmlDeviceGetUUID", self._handle)
         self.uuid = _text(uuid) if uuid is not None else None
@@ -208,6 +210,9 @@ class NvidiaGpu(Device):
         ]
 
     def sample(self, detail: bool = True) -> DeviceSample:
+        """What the GPU reads now. Never raises for an NVML error: a GPU that fell off the bus
+        is ``lost`` (for good), any other NVML failure makes this sample ``error`` with the
+        reason (the next one tries again)."""
         at = self._clock()
         if self.lost_reason is not None:
             return self._lost_sample(at)
@@ -217,6 +222,9 @@ class NvidiaGpu(Device):
             self.lost_reason = str(e)
             log.warning("GPU %s (%s) is lost: %s", self.index, self.id, e)
             return self._lost_sample(at)
+        except ProbeError as e:
+            return DeviceSample(id=self.id, kind="gpu", name=self.name, at=at, state="error", reason=str(e),
+                                extra={"index": self.index, "pci_bus_id": self.pci_bus_id})
 
     def _lost_sample(self, at: float) -> DeviceSample:
         return DeviceSample(
@@ -284,14 +292,28 @@ class NvidiaGpus(Gpus):
             pynvml.nvmlInit()
         except pynvml.NVMLError as e:
             raise NvmlUnavailable(f"NVML not available: {e}") from e
-        self._driver = nvml_query("nvmlSystemGetDriverVersion")
+        try:
+            self._enumerate(clock)
+        except BaseException:
+            self.close()
+            raise
+
+    def _enumerate(self, clock: Callable[[], float]) -> None:
+        try:
+            self._driver = nvml_query("nvmlSystemGetDriverVersion")
+        except ProbeError as e:
+            log.warning("NVML driver version: %s", e)
+            self._driver = None
         count = nvml_query("nvmlDeviceGetCount", default=0)
         self._devices: list[Device] = []
         for i in range(count):
             try:
                 self._devices.append(NvidiaGpu(i, clock))
             except GpuLost as e:
-                self._devices.append(_LostAtStart(i, str(e), clock))
+                self._devices.append(_FailedAtStart(i, "lost", str(e), clock))
+            except ProbeError as e:  # this GPU cannot be read; the others can
+                log.warning("GPU %d: %s", i, e)
+                self._devices.append(_FailedAtStart(i, "error", str(e), clock))
 
     def devices(self) -> list[Device]:
         return list(self._devices)
@@ -306,17 +328,19 @@ class NvidiaGpus(Gpus):
             pass
 
 
-class _LostAtStart(Device):
+class _FailedAtStart(Device):
+    """A GPU NVML could not enumerate: lost, or an NVML error; every sample says so."""
+
     kind = "gpu"
 
-    def __init__(self, index: int, reason: str, clock: Callable[[], float]) -> None:
-        self.index, self.reason, self._clock = index, reason, clock
+    def __init__(self, index: int, state: str, reason: str, clock: Callable[[], float]) -> None:
+        self.index, self.state, self.reason, self._clock = index, state, reason, clock
         self.id = f"gpu{index}"
-        self.name = "NVIDIA GPU (lost)"
+        self.name = f"NVIDIA GPU ({state})"
 
     def sample(self, detail: bool = True) -> DeviceSample:
         return DeviceSample(id=self.id, kind="gpu", name=self.name, at=self._clock(),
-                            state="lost", reason=self.reason, extra={"index": self.index})
+                            state=self.state, reason=self.reason, extra={"index": self.index})  # type: ignore[arg-type]
 
 
 def get_gpus(clock: Callable[[], float] = time.time) -> Gpus:
@@ -326,7 +350,7 @@ def get_gpus(clock: Callable[[], float] = time.time) -> Gpus:
     except NvmlUnavailable as e:
         log.info("%s", e)
         return NullGpus(str(e))
-    except NvmlCallError as e:
+    except ProbeError as e:  # the GPU count itself failed (or the bus is gone)
         log.warning("NVML initialised but enumeration failed: %s", e)
         return NullGpus(f"NVML enumeration failed: {e}")
     except OSError as e:  # a broken libnvidia-ml.so can fail to load at the OS level

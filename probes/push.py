@@ -44,6 +44,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
+from meterd.errors import InvalidUsage
 from meterd.probes.net import is_loopback
 
 DEFAULT_MAX_BYTES = 1024 * 1024
@@ -56,10 +57,6 @@ MAX_TEXT_CHARS = 256
 _DISCARD_BYTES = 64 * 1024 * 1024
 
 _FIELDS = ("model", "prompt_tokens", "completion_tokens", "tenant", "request_id")
-
-
-class InvalidUsage(ValueError):
-    """A pushed body that cannot be accepted; the message is one line for the client."""
 
 
 @dataclass(frozen=True)

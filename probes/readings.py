@@ -13,7 +13,7 @@ Source = Literal["counter", "instant", "average", "integrated", "estimated"]
 SOURCES: tuple[str, ...] = ("counter", "instant", "average", "integrated", "estimated")
 
 DeviceKind = Literal["gpu", "cpu"]
-DeviceState = Literal["ok", "lost", "unsupported"]
+DeviceState = Literal["ok", "lost", "unsupported", "error"]
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,8 @@ from functools import lru_cache
 from operator import itemgetter
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from meterd.errors import ReportError
+
 GROUP_KEYS = ("node", "device", "model", "tenant", "hour", "day", "week")
 TIME_KEYS = {"hour": 3600, "day": 86400, "week": 7 * 86400}
 DEFAULT_BY = ("model", "device")
@@ -54,10 +56,6 @@ SUMS = INT_SUMS + FLOAT_SUMS
 #: Whole cells' time and utilization x time of their windows with no tokens: read only for the
 #: (idle) rest of a report by model or tenant (a cell without them counts 0).
 IDLE_TIME = ("idle_seconds", "idle_util_pct_s")
-
-
-class ReportError(ValueError):
-    """A report that cannot be made as asked (a bad --by, several currencies)."""
 
 
 def parse_by(values: Iterable[str]) -> list[str]:

@@ -11,9 +11,9 @@ from typing import Callable, Sequence
 
 import click
 
-from meterd.agent.timeparse import TimeParseError, parse_when
-from meterd.reports.aggregate import GROUP_KEYS, Cells, Report, ReportError, aggregate, iso, parse_by
-from meterd.reports.query import Filters, QueryError, read_collector, read_store
+from meterd.agent.timeparse import parse_when
+from meterd.reports.aggregate import GROUP_KEYS, Cells, Report, aggregate, iso, parse_by
+from meterd.reports.query import Filters, read_collector, read_store
 from meterd.sqlite_store import store_error
 
 FORMATS = ("table", "json", "csv", "html")
@@ -52,11 +52,8 @@ def _reader(db: str | None, collector: str | None, token_file: str | None) -> Ca
 
 
 def _report(read: Callable[[Sequence[str], Filters], Cells], by: Sequence[str], f: Filters) -> tuple[Report, Cells]:
-    try:
-        cells = read(by, f)
-        return aggregate(cells, by, model=f.model, tenant=f.tenant), cells
-    except (QueryError, ReportError) as e:
-        raise click.ClickException(str(e)) from None
+    cells = read(by, f)
+    return aggregate(cells, by, model=f.model, tenant=f.tenant), cells
 
 
 @click.command("report")
@@ -83,13 +80,10 @@ def report(db, collector, token_file, since, until, by, node, device, model, ten
     spent idle, and the capacity cost per Mtok at the bench's roofline beside the realized one.
     """
     now = time.time()
-    try:
-        f = Filters(since=parse_when(since, now) if since else None,
-                    until=parse_when(until, now) if until else None,
-                    node=node, device=device, model=model, tenant=tenant)
-        keys = parse_by(by)
-    except (TimeParseError, ReportError) as e:
-        raise click.ClickException(str(e)) from None
+    f = Filters(since=parse_when(since, now) if since else None,
+                until=parse_when(until, now) if until else None,
+                node=node, device=device, model=model, tenant=tenant)
+    keys = parse_by(by)
     if f.since is not None and f.until is not None and f.since >= f.until:
         raise click.ClickException("--since must be before --until")
     if fmt == "html" and not output:

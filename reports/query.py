@@ -11,7 +11,7 @@ Collector: its query API (``GET /api/v1/usage``, docs/collector-api.md) over htt
 token. A collector keeps no bench results, so reports over it show no capacity figures, and it
 does not split a model's cost into capex, energy and opex, nor keep utilization.
 
-Errors (all :class:`QueryError`):
+Errors (all :class:`QueryError`, in :mod:`meterd.errors`):
 
     QueryError
     ├── EmptyStore        no windows at all
@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from meterd.agent.events import parse_iso
 from meterd.agent.store import Store
+from meterd.errors import CollectorDown, CollectorRefused, EmptyStore, NoData, QueryError
 from meterd.reports.aggregate import IDLE, IDLE_TIME, Ceiling, Cells, ReportError, iso, per_model
 
 if TYPE_CHECKING:
@@ -35,26 +36,6 @@ if TYPE_CHECKING:
 
 HOUR, DAY = 3600, 86400
 PERIOD_S = {"hour": HOUR, "day": DAY}
-
-
-class QueryError(Exception):
-    """A report that cannot be read; the message is one line for the user."""
-
-
-class EmptyStore(QueryError):
-    pass
-
-
-class NoData(QueryError):
-    pass
-
-
-class CollectorDown(QueryError):
-    pass
-
-
-class CollectorRefused(QueryError):
-    pass
 
 
 @dataclass(frozen=True)

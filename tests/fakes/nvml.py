@@ -10,7 +10,9 @@ and ctypes structures, with the functions played by :class:`FakeNvml`:
   no MIG outside A100/H100/H200/B200),
 - a GPU that falls off the bus at a given time (every call then raises GPU_IS_LOST),
 - MIG instances, running compute processes,
-- NVML missing entirely (library not found) or the driver not loaded.
+- NVML missing entirely (library not found) or the driver not loaded,
+- any NVML error code (NO_PERMISSION, UNKNOWN, TIMEOUT...) raised by any function on demand
+  (:meth:`FakeNvml.fail`).
 
 Time comes from ``clock`` (a callable returning seconds); tests pass a :class:`ManualClock`.
 """
@@ -143,8 +145,18 @@ class _Handle:
         self.gpu, self.index, self.mig = gpu, index, mig
 
 
+#: Every NVML error code the binding defines, by name.
+ERROR_CODES: dict[str, int] = {n: getattr(real, n) for n in dir(real) if n.startswith("NVML_ERROR_")}
+
+
 class FakeNvml:
     """The fake library's state. ``module`` is what replaces ``pynvml`` in probes."""
+
+    #: The calls made while NVML starts and enumerates the GPUs (the rest are a sample's).
+    START_CALLS = frozenset({
+        "nvmlInit", "nvmlShutdown", "nvmlSystemGetDriverVersion", "nvmlDeviceGetCount",
+        "nvmlDeviceGetHandleByIndex", "nvmlDeviceGetName", "nvmlDeviceGetUUID", "nvmlDeviceGetPciInfo",
+        "nvmlDeviceGetArchitecture"})
 
     def __init__(
         self,
@@ -160,6 +172,7 @@ class FakeNvml:
         self.driver_version = driver_version
         self.initialised = 0
         self.calls: list[str] = []
+        self._failing: tuple[int, frozenset[str] | None, frozenset[str]] | None = None
         for i, g in enumerate(self.gpus):
             g.uuid = g.uuid or f"GPU-{i:08x}-fake-4000-8000-{i:012x}"
             g.pci_bus_id = g.pci_bus_id or f"00000000:{0x18 + i:02X}:00.0"
@@ -190,6 +203,22 @@ class FakeNvml:
     def lose(self, index: int, after_s: float = 0.0) -> None:
         """GPU ``index`` falls off the bus ``after_s`` seconds from now."""
         self.gpus[index].lost_at = self.elapsed() + after_s
+
+    def fail(self, code: int, calls: "set[str] | frozenset[str] | None" = None, *,
+             except_calls: "set[str] | frozenset[str]" = frozenset()) -> "FakeNvml":
+        """From now on the functions named in ``calls`` (None: every function, less
+        ``except_calls``) raise ``NVMLError(code)``, as the real library does for that code."""
+        self._failing = (code, None if calls is None else frozenset(calls), frozenset(except_calls))
+        return self
+
+    def heal(self) -> None:
+        """Stop the failures :meth:`fail` started."""
+        self._failing = None
+
+    def functions(self) -> list[str]:
+        """The names of every NVML function the fake plays."""
+        return sorted(n for n in vars(self.module) if n.startswith("nvml") and callable(getattr(self.module, n))
+                      and not n.startswith("nvmlClocks"))
 
     def install(self, monkeypatch) -> "FakeNvml":
         """Patch the ``pynvml`` that probes use."""
@@ -223,6 +252,10 @@ class FakeNvml:
         def fn(f):
             def wrapper(*args):
                 fake.calls.append(f.__name__)
+                if fake._failing is not None:
+                    code, only, spared = fake._failing
+                    if (only is None or f.__name__ in only) and f.__name__ not in spared:
+                        fake._raise(code)
                 return f(*args)
             wrapper.__name__ = f.__name__
             setattr(m, f.__name__, wrapper)
