@@ -1,28 +1,37 @@
-"""Ingest benchmark: events/s the collector accepts beside raw SQLite inserts of the same rows.
+"""Ingest benchmark: events/s the collector accepts beside raw inserts of the same rows, on each
+backend, in the same run.
 
-    python bench/collector_ingest.py [--events 20000] [--batch 500]
+    python bench/collector_ingest.py [--events 20000] [--batch 500] [--repeat 5] [--pg URL]
 
 The collector runs as its own process (`meter collector serve`) on 127.0.0.1; one httpx client
 posts pre-serialized batches of `--batch` events (application/cloudevents-batch+json, bearer
-token, dedupe by the UNIQUE (source, id) constraint), one after the other, and each must come
-back accepted. The baseline, in the same run: the same rows (raw event, window, usage) inserted
-with executemany into the same schema, same pragmas (WAL, synchronous=FULL), one transaction per
-batch, so both sides pay the same number of fsyncs. A third figure: the same batches resent,
-all duplicates. Each side runs --repeat times, interleaved, each time on a fresh database; the
-medians are printed (a shared machine's fsync times vary a lot from one run to the next), with
-both rates and the ratio.
+token, dedupe by the unique (source, id) key), one after the other, and each must come back
+accepted. A second figure: the same batches resent, all duplicates.
+
+The baselines, in the same run, insert the rows the collector itself writes (the raw event, the
+window, its usage rows: collector.store's own row builders), one transaction per batch, so both
+sides pay the same number of durable commits:
+- SQLite: `executemany` into the same schema, same pragmas (WAL, synchronous=FULL);
+- PostgreSQL (with `--pg URL`, or $METERD_TEST_PG_URL): `COPY ... FROM STDIN` into the same
+  schema (synchronous_commit on), in a database schema of its own that is dropped afterwards.
+
+Each side runs --repeat times, interleaved, on fresh tables; printed: the median, the spread
+(min-max) and the median of the per-run ratios (a shared machine's fsync times vary from one
+run to the next, so the ratio of each run is the figure to trust).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -31,7 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from meterd.agent.events import BATCH_CONTENT_TYPE, event_id, window_event  # noqa: E402
 from meterd.collector.auth import create_token  # noqa: E402
-from meterd.collector.store import SQLiteStore, insert_rows, table_rows  # noqa: E402
+from meterd.collector.store import (_EVENT_COLS, _USAGE_COLS, _WINDOW_COLS, SQLiteStore,  # noqa: E402
+                                    child_rows, event_rows)
 from meterd.collector.validation import check_batch  # noqa: E402
 
 T0 = 1_795_824_000.0
@@ -74,17 +84,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def bench_collector(db: Path, bodies: list[bytes], n_events: int) -> tuple[float, float]:
-    store = SQLiteStore(db)
-    try:
-        token = create_token(store, "bench-node")
-    finally:
-        store.close()
+def bench_collector(db: str, bodies: list[bytes], n_events: int, token: str) -> tuple[float, float]:
     port = _free_port()
-    cmd = [sys.executable, "-m", "meterd.agent.cli", "collector", "serve", "--db", str(db),
+    cmd = [sys.executable, "-m", "meterd.agent.cli", "collector", "serve", "--db", db,
            "--listen", f"127.0.0.1:{port}"]
-    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL) as p:
+    with subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as p:
         try:
             headers = {"content-type": BATCH_CONTENT_TYPE, "authorization": f"Bearer {token}"}
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60, headers=headers) as c:
@@ -96,7 +100,8 @@ def bench_collector(db: Path, bodies: list[bytes], n_events: int) -> tuple[float
                     except httpx.TransportError:
                         pass
                     if time.monotonic() > deadline or p.poll() is not None:
-                        raise SystemExit("the collector did not start")
+                        p.kill()
+                        raise SystemExit(f"the collector did not start: {p.stderr.read()[-2000:]}")
                     time.sleep(0.05)
                 rates = []
                 for want in ("accepted", "duplicates"):
@@ -116,50 +121,83 @@ def bench_collector(db: Path, bodies: list[bytes], n_events: int) -> tuple[float
     return rates[0], rates[1]
 
 
-def bench_sqlite(db: Path, batches: list[list[dict]]) -> float:
-    """The same rows into the same schema with executemany, one transaction per batch."""
-    store = SQLiteStore(db)  # creates the schema with the same pragmas
-    conn = store.conn
-    parsed_batches = [check_batch(b)[0] for b in batches]  # flattening is not timed
-    rows, seq = [], 0
-    for parsed in parsed_batches:
-        rows.append(table_rows(parsed, seq, 0.0))  # the rows the collector itself would write
+def baseline_rows(batches: list[list[dict]]) -> list[tuple[list, list, list]]:
+    """Per batch: (events, windows, usage) rows numbered by seq, from the collector's own row
+    builders (flattening is not timed)."""
+    out, seq = [], 0
+    for b in batches:
+        parsed = check_batch(b)[0]
+        numbered = list(enumerate(parsed, start=seq + 1))
+        ev = [(s, *r) for s, r in zip((n for n, _ in numbered), event_rows(parsed, 0.0))]
+        out.append((ev, *child_rows(numbered)))
         seq += len(parsed)
+    return out
+
+
+def sqlite_collector(tmp: Path, bodies, n) -> tuple[float, float]:
+    db = tmp / "collector.db"
+    store = SQLiteStore(db)
+    try:
+        token = create_token(store, "bench-node")
+    finally:
+        store.close()
+    return bench_collector(str(db), bodies, n, token)
+
+
+def sqlite_raw(tmp: Path, rows) -> float:
+    """The same rows into the same schema with executemany, one transaction per batch."""
+    store = SQLiteStore(tmp / "raw.db")  # creates the schema with the same pragmas
+    conn = store.conn
+    ph = lambda cols: ", ".join("?" * len(cols))  # noqa: E731
+    sql = [f"INSERT INTO events (seq, {', '.join(_EVENT_COLS)}) VALUES (?, {ph(_EVENT_COLS)})",
+           f"INSERT INTO windows ({', '.join(_WINDOW_COLS)}) VALUES ({ph(_WINDOW_COLS)})".replace(" end,", ' "end",'),
+           f"INSERT INTO usage ({', '.join(_USAGE_COLS)}) VALUES ({ph(_USAGE_COLS)})"]
     try:
         t = time.perf_counter()
-        for ev, win, use in rows:
+        for batch in rows:
             conn.execute("BEGIN IMMEDIATE")
-            insert_rows(conn, ev, win, use)
+            for stmt, r in zip(sql, batch):
+                conn.executemany(stmt, r)
             conn.execute("COMMIT")
         elapsed = time.perf_counter() - t
     finally:
         store.close()
-    return seq / elapsed
+    return sum(len(b[0]) for b in rows) / elapsed
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=20_000)
     ap.add_argument("--batch", type=int, default=500)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     events = make_events(args.events)
     batches = [events[i:i + args.batch] for i in range(0, len(events), args.batch)]
     bodies = [json.dumps(b).encode() for b in batches]
-    runs = []
+    rows = baseline_rows(batches)
+    sides = {"sqlite": (lambda tmp: sqlite_raw(tmp, rows), lambda tmp: sqlite_collector(tmp, bodies, args.events))}
+    runs: dict[str, list[tuple[float, float, float]]] = {k: [] for k in sides}
     for i in range(args.repeat):
-        with tempfile.TemporaryDirectory() as tmp:
-            raw = bench_sqlite(Path(tmp) / "raw.db", batches)
-            accepted, dups = bench_collector(Path(tmp) / "collector.db", bodies, args.events)
-        runs.append((raw, accepted, dups))
-        print(f"run {i + 1}: raw {raw:,.0f}/s, collector {accepted:,.0f}/s, resend {dups:,.0f}/s")
-    raw, accepted, dups = (statistics.median(r[k] for r in runs) for k in range(3))
-    print(f"events: {args.events} in batches of {args.batch} "
-          f"({sum(map(len, bodies)) / len(events):.0f} bytes/event on the wire); medians of {args.repeat} runs")
-    print(f"raw SQLite executemany (WAL, FULL, 1 txn/batch): {raw:12,.0f} events/s")
-    print(f"collector over HTTP, accepted (dedupe on):         {accepted:12,.0f} events/s")
-    print(f"collector over HTTP, resend (all duplicates):      {dups:12,.0f} events/s")
-    print(f"ratio collector/raw: {accepted / raw:.3f} (raw is {raw / accepted:.1f}x faster)")
+        for name, (raw_fn, coll_fn) in sides.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                raw = raw_fn(Path(tmp))
+                accepted, dups = coll_fn(Path(tmp))
+            runs[name].append((raw, accepted, dups))
+            print(f"run {i + 1} {name}: raw {raw:,.0f}/s, collector {accepted:,.0f}/s "
+                  f"({accepted / raw:.2f}x), resend {dups:,.0f}/s", flush=True)
+    print(f"\nevents: {args.events} in batches of {args.batch} "
+          f"({sum(map(len, bodies)) / len(events):.0f} bytes/event on the wire); {args.repeat} interleaved runs")
+    baseline = {"sqlite": "raw SQLite executemany (WAL, FULL, 1 txn/batch)",
+                "postgresql": "raw PostgreSQL COPY (synchronous_commit on, 1 txn/batch)"}
+    for name, rs in runs.items():
+        def fmt(vals, unit=" events/s", f="{:,.0f}"):
+            return (f"median {f.format(statistics.median(vals))}{unit}, "
+                    f"spread {f.format(min(vals))}-{f.format(max(vals))}")
+        print(f"[{name}]")
+        print(f"  {baseline[name]}: {fmt([r[0] for r in rs])}")
+        print(f"  collector over HTTP, accepted (dedupe on): {fmt([r[1] for r in rs])}")
+        print(f"  collector over HTTP, resend (all duplicates): {fmt([r[2] for r in rs])}")
+        print(f"  ratio collector/raw per run: {fmt([r[1] / r[0] for r in rs], 'x', '{:.3f}')}")
 
 
 if __name__ == "__main__":

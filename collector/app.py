@@ -24,7 +24,7 @@ from meterd.agent.events import BATCH_CONTENT_TYPE, iso
 from meterd.collector.auth import Principal, authenticate
 from meterd.collector.export import parse_bound, ratios
 from meterd.collector.store import GROUP_KEYS, CollectorStore, Query
-from meterd.collector.validation import check_batch, foreign_sources
+from meterd.collector.validation import MalformedJSON, WrongShape, check_body
 
 SINGLE_CONTENT_TYPE = "application/cloudevents+json"
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
@@ -75,22 +75,21 @@ def create_app(store: CollectorStore, *, max_body_bytes: int = DEFAULT_MAX_BODY_
             raise _Refused(415, f"content type must be {BATCH_CONTENT_TYPE} (a batch) or "
                                 f"{SINGLE_CONTENT_TYPE} (one event), not {ctype or 'none'}")
         body = await read_body(request)
-        payload = await run_in_threadpool(_parse_json, body)
-        if ctype == SINGLE_CONTENT_TYPE:
-            if not isinstance(payload, dict):
-                raise _Refused(400, f"{SINGLE_CONTENT_TYPE} must be one JSON object")
-            payload = [payload]
-        elif not isinstance(payload, list):
-            raise _Refused(400, f"{BATCH_CONTENT_TYPE} must be a JSON array of events")
-        foreign = foreign_sources(payload, who.name)
-        if foreign:
-            raise _Refused(403, "events from another node's source", errors=foreign[:max_errors])
-        parsed, errors = await run_in_threadpool(check_batch, payload, max_errors)
-        if errors:
-            raise _Refused(400, "invalid events; nothing was stored", received=len(payload),
-                           errors=errors)
-        result = await run_in_threadpool(store.ingest, parsed)
-        return _reply(200, {"received": len(payload), "accepted": result.accepted,
+        single = ctype == SINGLE_CONTENT_TYPE
+        try:
+            checked = await run_in_threadpool(check_body, body, node=who.name, single=single,
+                                              max_errors=max_errors)
+        except MalformedJSON as e:
+            raise _Refused(400, "malformed JSON", detail=str(e)) from None
+        except WrongShape as e:
+            raise _Refused(400, f"{ctype} must be {e}") from None
+        if checked.foreign:
+            raise _Refused(403, "events from another node's source", errors=checked.foreign)
+        if checked.errors:
+            raise _Refused(400, "invalid events; nothing was stored", received=checked.received,
+                           errors=checked.errors)
+        result = await run_in_threadpool(store.ingest, checked.parsed)
+        return _reply(200, {"received": checked.received, "accepted": result.accepted,
                             "duplicates": result.duplicates})
 
     async def get_windows(request: Request) -> Response:
@@ -140,13 +139,6 @@ def create_app(store: CollectorStore, *, max_body_bytes: int = DEFAULT_MAX_BODY_
         ],
         exception_handlers={_Refused: refused},
     )
-
-
-def _parse_json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise _Refused(400, "malformed JSON", detail=str(e)) from None
 
 
 def _int_param(request: Request, name: str, default: int | None, lo: int, hi: int | None) -> int | None:

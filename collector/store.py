@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -28,14 +29,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from meterd.collector.validation import Parsed
+from meterd.errors import StoreKindError, StoreUnavailable
 from meterd.sqlite_store import COLLECTOR, Immediate, Migration, default_path, open_db, run_script, user_version
 
 GROUP_KEYS = ("node", "device", "model", "tenant", "hour", "day", "month")
-_BUCKETS = {
-    "hour": "strftime('%Y-%m-%dT%H:00:00Z', start, 'unixepoch')",
-    "day": "strftime('%Y-%m-%dT00:00:00Z', start, 'unixepoch')",
-    "month": "strftime('%Y-%m-01T00:00:00Z', start, 'unixepoch')",
-}
 _WINDOW_COLS = (
     "seq", "node", "device", "device_name", "start", "end", "duration_s", "energy_j",
     "energy_source", "avg_power_w", "util_pct", "prompt_tokens", "completion_tokens",
@@ -194,14 +191,162 @@ def _m1_initial(conn: sqlite3.Connection) -> None:
 MIGRATIONS: list[Migration] = [_m1_initial]
 
 
+@dataclass(frozen=True)
+class Dialect:
+    """What differs in the SQL of the two backends (the statements use ``?`` placeholders)."""
+
+    buckets: dict[str, str]  # hour/day/month label of a window start (Unix seconds)
+    int_sum: str  # an integer SUM, as an integer
+    order: str  # ORDER BY one text column: binary order, NULLs first (the unattributed row)
+    windows_from: str  # the windows with their event id and arrival time
+    usage_order: str  # the usage rows of a window in the order the event listed them
+
+
+SQLITE = Dialect(
+    buckets={
+        "hour": "strftime('%Y-%m-%dT%H:00:00Z', start, 'unixepoch')",
+        "day": "strftime('%Y-%m-%dT00:00:00Z', start, 'unixepoch')",
+        "month": "strftime('%Y-%m-01T00:00:00Z', start, 'unixepoch')",
+    },
+    int_sum="SUM({})",
+    order="{}",
+    windows_from="SELECT w.*, e.id AS event_id, e.received_at FROM windows w JOIN events e ON e.seq = w.seq",
+    usage_order="rowid",
+)
+
+_TOKEN_COLS = "key_id, scope, name, secret_sha256, created_at"
+
+
+class SQLStore(CollectorStore):
+    """Tokens and queries in SQL both backends speak; a backend runs the statements."""
+
+    dialect: Dialect
+
+    @abc.abstractmethod
+    def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """Rows of one statement, as dicts."""
+
+    @abc.abstractmethod
+    def _fetch_each(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> list[list[dict[str, Any]]]:
+        """Rows of several statements, read from one snapshot."""
+
+    @abc.abstractmethod
+    def _change(self, sql: str, args: Sequence[Any] = ()) -> int:
+        """Run one write in its own transaction; the rows it changed."""
+
+    # -- tokens -----------------------------------------------------------------------------------
+
+    def add_token(self, record: TokenRecord) -> None:
+        self._change(f"INSERT INTO tokens ({_TOKEN_COLS}) VALUES (?, ?, ?, ?, ?)",
+                     (record.key_id, record.scope, record.name, record.secret_sha256, record.created_at))
+
+    def get_token(self, key_id: str) -> TokenRecord | None:
+        rows = self._fetch(f"SELECT {_TOKEN_COLS} FROM tokens WHERE key_id = ?", (key_id,))
+        return TokenRecord(**rows[0]) if rows else None
+
+    def list_tokens(self) -> list[TokenRecord]:
+        return [TokenRecord(**r) for r in self._fetch(f"SELECT {_TOKEN_COLS} FROM tokens ORDER BY created_at, key_id")]
+
+    def delete_token(self, key_id: str) -> bool:
+        return self._change("DELETE FROM tokens WHERE key_id = ?", (key_id,)) > 0
+
+    # -- queries ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _where(q: Query, table: str) -> tuple[list[str], list[Any]]:
+        where, args = [], []
+        for col in ("node", "device"):
+            if getattr(q, col) is not None:
+                where.append(f"{table}.{col} = ?")
+                args.append(getattr(q, col))
+        if q.since is not None:
+            where.append(f"{table}.start >= ?")
+            args.append(q.since)
+        if q.until is not None:
+            where.append(f"{table}.start < ?")
+            args.append(q.until)
+        return where, args
+
+    def windows(self, q: Query, limit: int, after: int | None = None) -> list[dict[str, Any]]:
+        where, args = self._where(q, "w")
+        for col in ("model", "tenant"):
+            if getattr(q, col) is not None:
+                where.append(f"EXISTS (SELECT 1 FROM usage u WHERE u.seq = w.seq AND u.{col} = ?)")
+                args.append(getattr(q, col))
+        if after is not None:
+            where.append("(w.start, w.seq) > (SELECT start, seq FROM windows WHERE seq = ?)")
+            args.append(after)
+        sql = (f"{self.dialect.windows_from} "
+               f"{'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY w.start, w.seq LIMIT ?")
+        rows = self._fetch(sql, [*args, limit])
+        by_seq = {r["seq"]: r for r in rows}
+        for r in rows:
+            r["usage"] = []
+        statements = [("SELECT seq, model, tenant, prompt_tokens, completion_tokens, cost_micro, "
+                       "cost_prompt_micro, cost_completion_micro, energy_j, seconds FROM usage "
+                       f"WHERE seq IN ({', '.join('?' * len(chunk))}) ORDER BY seq, {self.dialect.usage_order}",
+                       chunk) for chunk in _chunks(list(by_seq), 500)]
+        for result in self._fetch_each(statements):
+            for u in result:
+                by_seq[u.pop("seq")]["usage"].append(u)
+        return rows
+
+    def usage(self, group_by: Sequence[str], q: Query) -> list[dict[str, Any]]:
+        bad = [g for g in group_by if g not in GROUP_KEYS]
+        if bad:
+            raise ValueError(f"cannot group by {', '.join(bad)}: choose from {', '.join(GROUP_KEYS)}")
+        d = self.dialect
+        per_model = any(g in ("model", "tenant") for g in group_by) or q.model is not None \
+            or q.tenant is not None
+        keys = [f"{d.buckets.get(g, g)} AS {g}" for g in group_by]
+        names = [*group_by, "currency"]
+        where, args = self._where(q, "t")
+        isum = d.int_sum.format
+        ints = ("prompt_tokens", "completion_tokens", "cost_micro", "cost_prompt_micro", "cost_completion_micro")
+        if per_model:
+            for col in ("model", "tenant"):
+                if getattr(q, col) is not None:
+                    where.append(f"t.{col} = ?")
+                    args.append(getattr(q, col))
+            sums = ["COUNT(DISTINCT seq) AS windows", "SUM(seconds) AS seconds", "SUM(energy_j) AS energy_j",
+                    *(f"{isum(c)} AS {c}" for c in ints[:2]),
+                    "NULL AS cost_capex_micro", "NULL AS cost_energy_micro", "NULL AS cost_opex_micro",
+                    *(f"{isum(c)} AS {c}" for c in ints[2:])]
+            table = "usage"
+        else:
+            sums = ["COUNT(*) AS windows", "SUM(duration_s) AS seconds", "SUM(energy_j) AS energy_j",
+                    *(f"{isum(c)} AS {c}" for c in ints[:2]),
+                    *(f"{isum(c)} AS {c}" for c in ("cost_capex_micro", "cost_energy_micro", "cost_opex_micro")),
+                    *(f"{isum(c)} AS {c}" for c in ints[2:])]
+            table = "windows"
+        idle = isum("CASE WHEN prompt_tokens + completion_tokens = 0 THEN cost_micro ELSE 0 END") + " AS idle_cost_micro"
+        group = ", ".join(names)
+        sql = (f"SELECT * FROM (SELECT {', '.join([*keys, 'currency', *sums, idle])} FROM {table} t "
+               f"{'WHERE ' + ' AND '.join(where) if where else ''} "
+               f"GROUP BY {group}) g ORDER BY {', '.join(d.order.format('g.' + n) for n in names)}")
+        return self._fetch(sql, args)
+
+    def counts(self) -> dict[str, int]:
+        [rows] = self._fetch_each([(f"SELECT {', '.join(f'(SELECT count(*) FROM {t}) AS {t}' for t in _TABLES)}", ())])
+        return dict(rows[0])
+
+    def ping(self) -> None:
+        self._fetch("SELECT 1 AS one")
+
+
+_TABLES = ("events", "windows", "usage", "tokens")
+
+
 def default_db_path() -> Path:
     """``$STATE_DIRECTORY/collector.db`` under systemd, else ``~/.local/share/meterd/collector.db``."""
     return default_path(COLLECTOR.filename)
 
 
-class SQLiteStore(CollectorStore):
+class SQLiteStore(SQLStore):
     """One connection shared by the server's worker threads behind a lock: SQLite serializes
     writers anyway, and a billing endpoint's reads are few."""
+
+    dialect = SQLITE
 
     def __init__(self, path: str | os.PathLike | None = None, *, clock: Callable[[], float] = time.time,
                  readonly: bool = False, create: bool = True) -> None:
@@ -230,141 +375,40 @@ class SQLiteStore(CollectorStore):
 
     def ingest(self, events: Sequence[Parsed]) -> IngestResult:
         now = self._clock()
+        first = first_copies(events)
         with self._lock, self._write():
-            # Which events are new: first copies inside the batch, minus what the store holds.
-            # Read under the write lock (BEGIN IMMEDIATE), so nothing can slip in between; the
-            # UNIQUE constraint stays the guarantee (plain INSERT: a miss here would fail the
-            # batch, never store an event twice). This keeps the writes to three executemany.
-            first: dict[tuple[str, str], Parsed] = {}
-            for p in events:
-                first.setdefault((p.source, p.id), p)
-            held: set[tuple[str, str]] = set()
-            by_source: dict[str, list[str]] = {}
-            for source, id_ in first:
-                by_source.setdefault(source, []).append(id_)
-            for source, ids in by_source.items():
-                for chunk in _chunks(ids, 500):
-                    held.update((source, r[0]) for r in self.conn.execute(
-                        f"SELECT id FROM events WHERE source = ? AND id IN ({', '.join('?' * len(chunk))})",
-                        [source, *chunk]))
-            new = [p for key, p in first.items() if key not in held]
-            seq = self.conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
-            insert_rows(self.conn, *table_rows(new, seq, now))
+            # One multi-row INSERT per table (in chunks under SQLite's limit on parameters).
+            # The events insert skips what the UNIQUE (source, id) constraint already holds and
+            # returns the rows it did insert: only those get windows and usage rows.
+            seqs: dict[tuple[str, str], int] = {}
+            for sql, params in _multirow("events", _EVENT_COLS, event_rows(first.values(), now),
+                                         self._max_rows(len(_EVENT_COLS)),
+                                         " ON CONFLICT (source, id) DO NOTHING RETURNING seq, source, id"):
+                for seq, source, id_ in self.conn.execute(sql, params):
+                    seqs[(source, id_)] = seq
+            new = [(seqs[k], p) for k, p in first.items() if k in seqs]
+            windows, usage = child_rows(new)
+            for table, cols, rows in (("windows", _WINDOW_COLS, windows), ("usage", _USAGE_COLS, usage)):
+                for sql, params in _multirow(table, cols, rows, self._max_rows(len(cols))):
+                    self.conn.execute(sql, params)
         return IngestResult(accepted=len(new), duplicates=len(events) - len(new))
 
-    # -- tokens -----------------------------------------------------------------------------------
+    def _max_rows(self, ncols: int) -> int:
+        return max(1, min(1000, self.conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // ncols))
 
-    def add_token(self, record: TokenRecord) -> None:
-        with self._lock, self._write():
-            self.conn.execute(
-                "INSERT INTO tokens (key_id, scope, name, secret_sha256, created_at) VALUES (?, ?, ?, ?, ?)",
-                (record.key_id, record.scope, record.name, record.secret_sha256, record.created_at))
+    # -- the SQL runner (SQLStore) -----------------------------------------------------------
 
-    def get_token(self, key_id: str) -> TokenRecord | None:
-        with self._lock:
-            row = self.conn.execute(
-                "SELECT key_id, scope, name, secret_sha256, created_at FROM tokens WHERE key_id = ?",
-                (key_id,)).fetchone()
-        return TokenRecord(*row) if row else None
-
-    def list_tokens(self) -> list[TokenRecord]:
-        with self._lock:
-            rows = self.conn.execute("SELECT key_id, scope, name, secret_sha256, created_at FROM tokens "
-                                     "ORDER BY created_at, key_id").fetchall()
-        return [TokenRecord(*r) for r in rows]
-
-    def delete_token(self, key_id: str) -> bool:
-        with self._lock, self._write():
-            return self.conn.execute("DELETE FROM tokens WHERE key_id = ?", (key_id,)).rowcount > 0
-
-    # -- queries ----------------------------------------------------------------------------------
-
-    @staticmethod
-    def _where(q: Query, table: str) -> tuple[list[str], list[Any]]:
-        where, args = [], []
-        for col in ("node", "device"):
-            if getattr(q, col) is not None:
-                where.append(f"{table}.{col} = ?")
-                args.append(getattr(q, col))
-        if q.since is not None:
-            where.append(f"{table}.start >= ?")
-            args.append(q.since)
-        if q.until is not None:
-            where.append(f"{table}.start < ?")
-            args.append(q.until)
-        return where, args
-
-    def windows(self, q: Query, limit: int, after: int | None = None) -> list[dict[str, Any]]:
-        where, args = self._where(q, "w")
-        for col in ("model", "tenant"):
-            if getattr(q, col) is not None:
-                where.append(f"EXISTS (SELECT 1 FROM usage u WHERE u.seq = w.seq AND u.{col} = ?)")
-                args.append(getattr(q, col))
-        if after is not None:
-            where.append("(w.start, w.seq) > (SELECT start, seq FROM windows WHERE seq = ?)")
-            args.append(after)
-        sql = (f"SELECT w.*, e.id AS event_id, e.received_at FROM windows w "
-               f"JOIN events e ON e.seq = w.seq "
-               f"{'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY w.start, w.seq LIMIT ?")
-        with self._lock:
-            rows = _dicts(self.conn.execute(sql, [*args, limit]))
-            by_seq = {r["seq"]: r for r in rows}
-            for r in rows:
-                r["usage"] = []
-            for chunk in _chunks(list(by_seq), 500):
-                for u in _dicts(self.conn.execute(
-                        "SELECT seq, model, tenant, prompt_tokens, completion_tokens, cost_micro, "
-                        "cost_prompt_micro, cost_completion_micro, energy_j, seconds FROM usage "
-                        f"WHERE seq IN ({', '.join('?' * len(chunk))}) ORDER BY seq, rowid", chunk)):
-                    by_seq[u.pop("seq")]["usage"].append(u)
-        return rows
-
-    def usage(self, group_by: Sequence[str], q: Query) -> list[dict[str, Any]]:
-        bad = [g for g in group_by if g not in GROUP_KEYS]
-        if bad:
-            raise ValueError(f"cannot group by {', '.join(bad)}: choose from {', '.join(GROUP_KEYS)}")
-        per_model = any(g in ("model", "tenant") for g in group_by) or q.model is not None \
-            or q.tenant is not None
-        keys = [f"{_BUCKETS.get(g, g)} AS {g}" for g in group_by]
-        names = [*group_by, "currency"]
-        where, args = self._where(q, "t")
-        if per_model:
-            for col in ("model", "tenant"):
-                if getattr(q, col) is not None:
-                    where.append(f"t.{col} = ?")
-                    args.append(getattr(q, col))
-            sums = ("COUNT(DISTINCT seq) AS windows, SUM(seconds) AS seconds, "
-                    "SUM(energy_j) AS energy_j, SUM(prompt_tokens) AS prompt_tokens, "
-                    "SUM(completion_tokens) AS completion_tokens, NULL AS cost_capex_micro, "
-                    "NULL AS cost_energy_micro, NULL AS cost_opex_micro, SUM(cost_micro) AS cost_micro, "
-                    "SUM(cost_prompt_micro) AS cost_prompt_micro, "
-                    "SUM(cost_completion_micro) AS cost_completion_micro")
-            table = "usage"
-        else:
-            sums = ("COUNT(*) AS windows, SUM(duration_s) AS seconds, SUM(energy_j) AS energy_j, "
-                    "SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens, "
-                    "SUM(cost_capex_micro) AS cost_capex_micro, SUM(cost_energy_micro) AS cost_energy_micro, "
-                    "SUM(cost_opex_micro) AS cost_opex_micro, SUM(cost_micro) AS cost_micro, "
-                    "SUM(cost_prompt_micro) AS cost_prompt_micro, "
-                    "SUM(cost_completion_micro) AS cost_completion_micro")
-            table = "windows"
-        idle = ("SUM(CASE WHEN prompt_tokens + completion_tokens = 0 THEN cost_micro ELSE 0 END) "
-                "AS idle_cost_micro")
-        group = ", ".join(names)
-        sql = (f"SELECT {', '.join([*keys, 'currency', sums, idle])} FROM {table} t "
-               f"{'WHERE ' + ' AND '.join(where) if where else ''} "
-               f"GROUP BY {group} ORDER BY {group}")
+    def _fetch(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
         with self._lock:
             return _dicts(self.conn.execute(sql, args))
 
-    def counts(self) -> dict[str, int]:
+    def _fetch_each(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> list[list[dict[str, Any]]]:
         with self._lock:
-            return {t: self.conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
-                    for t in ("events", "windows", "usage", "tokens")}
+            return [_dicts(self.conn.execute(sql, args)) for sql, args in statements]
 
-    def ping(self) -> None:
-        with self._lock:
-            self.conn.execute("SELECT 1").fetchone()
+    def _change(self, sql: str, args: Sequence[Any] = ()) -> int:
+        with self._lock, self._write():
+            return self.conn.execute(sql, args).rowcount
 
 
 def _dicts(cur: sqlite3.Cursor) -> list[dict[str, Any]]:
@@ -372,31 +416,81 @@ def _dicts(cur: sqlite3.Cursor) -> list[dict[str, Any]]:
     return [dict(zip(names, row)) for row in cur.fetchall()]
 
 
-def table_rows(parsed: Sequence[Parsed], last_seq: int, received_at: float) -> tuple[list, list, list]:
-    """(events, windows, usage) rows for new events, numbered after ``last_seq``."""
-    ev_rows, windows, usage = [], [], []
-    seq = last_seq
-    for p in parsed:
-        seq += 1
-        ev_rows.append((seq, p.source, p.id, received_at, p.raw))
-        w = {**p.window, "seq": seq}
-        windows.append(tuple(w[c] for c in _WINDOW_COLS))
+_EVENT_COLS = ("source", "id", "received_at", "raw")
+
+
+def first_copies(events: Iterable[Parsed]) -> dict[tuple[str, str], Parsed]:
+    """The first copy of each (source, id) in a batch, in batch order."""
+    first: dict[tuple[str, str], Parsed] = {}
+    for p in events:
+        first.setdefault((p.source, p.id), p)
+    return first
+
+
+def event_rows(parsed: Iterable[Parsed], received_at: float) -> list[tuple]:
+    """``events`` rows (``_EVENT_COLS``): each event's JSON as it arrived."""
+    return [(p.source, p.id, received_at, p.raw) for p in parsed]
+
+
+def child_rows(numbered: Iterable[tuple[int, Parsed]]) -> tuple[list[tuple], list[tuple]]:
+    """(windows, usage) rows (``_WINDOW_COLS``, ``_USAGE_COLS``) of events stored under ``seq``."""
+    windows, usage = [], []
+    for seq, p in numbered:
+        w = p.window
+        windows.append((seq, *(w[c] for c in _WINDOW_COLS[1:])))
+        head = (seq, w["node"], w["device"], w["start"], w["currency"])
         for u in p.usage:
-            row = {**u, "seq": seq, "node": w["node"], "device": w["device"],
-                   "start": w["start"], "currency": w["currency"]}
-            usage.append(tuple(row[c] for c in _USAGE_COLS))
-    return ev_rows, windows, usage
+            usage.append((*head, *(u[c] for c in _USAGE_COLS[5:])))
+    return windows, usage
 
 
-def insert_rows(conn: sqlite3.Connection, ev_rows: list, windows: list, usage: list) -> None:
-    """The rows of :func:`table_rows`, in the caller's transaction."""
-    conn.executemany("INSERT INTO events (seq, source, id, received_at, raw) VALUES (?, ?, ?, ?, ?)", ev_rows)
-    conn.executemany(f"INSERT INTO windows ({', '.join(_WINDOW_COLS)}) "
-                     f"VALUES ({', '.join('?' * len(_WINDOW_COLS))})", windows)
-    conn.executemany(f"INSERT INTO usage ({', '.join(_USAGE_COLS)}) "
-                     f"VALUES ({', '.join('?' * len(_USAGE_COLS))})", usage)
+def _multirow(table: str, cols: Sequence[str], rows: list[tuple], per_statement: int,
+              tail: str = "") -> Iterable[tuple[str, list]]:
+    """``INSERT INTO table (cols) VALUES (...), (...), ...`` statements of at most
+    ``per_statement`` rows each, with their flattened parameters."""
+    one = f"({', '.join('?' * len(cols))})"
+    head = f"INSERT INTO {table} ({', '.join(_quoted(c) for c in cols)}) VALUES "
+    for chunk in _chunks(rows, per_statement):
+        yield head + ", ".join([one] * len(chunk)) + tail, [v for r in chunk for v in r]
+
+
+def _quoted(col: str) -> str:
+    return f'"{col}"' if col == "end" else col
 
 
 def _chunks(items: list, n: int) -> Iterable[list]:
     for i in range(0, len(items), n):
         yield items[i:i + n]
+
+
+# -- choosing the backend -------------------------------------------------------------------------
+
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+
+
+def is_url(text: str) -> bool:
+    """``scheme://...``: a database URL, never a file name."""
+    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", text) is not None
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and messages."""
+    return re.sub(r"^([^:/]+://[^:@/]*):[^@/]*@", r"\1:***@", url)
+
+
+def open_store(db: str | os.PathLike | None = None, **kw: Any) -> CollectorStore:
+    """The store ``--db`` names: a ``postgresql://`` URL (PostgreSQL, the ``meterd[postgres]``
+    extra), or a file path (SQLite, the embedded default; None is the default path). Any other
+    URL scheme is refused: nothing is created for it, no file, no directory."""
+    if db is not None and is_url(str(db)):
+        url = str(db)
+        scheme = url.split("://", 1)[0].lower()
+        if scheme not in POSTGRES_SCHEMES:
+            raise StoreKindError(f"unsupported database URL {redact(url)!r}: give a file path (SQLite) "
+                                 f"or a postgresql://USER@HOST/DATABASE URL")
+        try:
+            from meterd.collector.pgstore import PostgresStore  # noqa: PLC0415 (the optional extra)
+        except ImportError as e:
+            raise StoreUnavailable(f"{e}") from e
+        return PostgresStore(url, **kw)
+    return SQLiteStore(db, **kw)

@@ -14,13 +14,17 @@ new id would be billed twice.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from meterd.agent.events import EVENT_TYPE, event_id
+import msgspec
+
+from meterd.agent.events import EVENT_TYPE, METERD_NAMESPACE, event_id
 
 MAX_INT = 2**63 - 1  # SQLite INTEGER
 ENERGY_SOURCES = ("counter", "integrated", "estimated")
@@ -44,6 +48,9 @@ class Parsed:
     raw: str
     window: dict[str, Any]
     usage: list[dict[str, Any]] = field(default_factory=list)
+    #: The millisecond the id was derived from (``event_id(node, device, key_ms / 1000)``): the
+    #: id fixes it, so a unique key that adds it to (source, id) is as strict as (source, id).
+    key_ms: int = 0
 
 
 class _Errors:
@@ -137,8 +144,13 @@ def _time(errs: _Errors, obj: dict, key: str, where: str) -> float | None:
     return t
 
 
-def check_event(ev: Any, index: int) -> tuple[Parsed | None, list[dict[str, Any]]]:
-    """Validate one event; returns (the parsed event or None, its errors)."""
+def check_event(ev: Any, index: int, raw: str | None = None) -> tuple[Parsed | None, list[dict[str, Any]]]:
+    """Validate one event; returns (the parsed event or None, its errors). ``raw`` is the
+    event's JSON as received (re-serialized from ``ev`` when not given).
+
+    This is the reporting path: it names every problem of the event. Valid batches take the
+    typed fast path (:func:`check_body`) and come here only when that path finds something off.
+    """
     if not isinstance(ev, dict):
         errs = _Errors(index, None)
         errs.add("", f"an event must be a JSON object, not {_tname(ev)}")
@@ -153,8 +165,7 @@ def check_event(ev: Any, index: int) -> tuple[Parsed | None, list[dict[str, Any]
         errs.add("type", f"must be \"{EVENT_TYPE}\", not {json.dumps(ev.get('type'))}")
     subject = _text(errs, ev, "subject", "")
     ce_time = _time(errs, ev, "time", "")
-    dct = ev.get("datacontenttype", "application/json")
-    if not isinstance(dct, str) or dct.split(";")[0].strip().lower() != "application/json":
+    if not _content_type_ok(ev.get("datacontenttype", "application/json")):
         errs.add("datacontenttype", "must be \"application/json\" (or absent)")
     data = ev.get("data")
     if not isinstance(data, dict):
@@ -164,28 +175,17 @@ def check_event(ev: Any, index: int) -> tuple[Parsed | None, list[dict[str, Any]
     d = "data."
     node = _text(errs, data, "node", d)
     device = _text(errs, data, "device", d)
-    if node is not None and source is not None and node != source:
-        errs.add("data.node", f"must equal the event's source {source!r}, not {node!r}")
-    if device is not None and subject is not None and device != subject:
-        errs.add("data.device", f"must equal the event's subject {subject!r}, not {device!r}")
     device_name = _text(errs, data, "device_name", d, optional=True, empty_ok=True)
     start = _time(errs, data, "start", d)
     end = _time(errs, data, "end", d)
-    if start is not None and end is not None and end <= start:
-        errs.add("data.end", "must be after data.start")
-    if start is not None and ce_time is not None and abs(ce_time - start) > TIME_TOLERANCE_S:
-        errs.add("time", "must be the window's start (data.start)")
     duration = _number(errs, data, "duration_s", d, optional=False)
-    if duration is not None and start is not None and end is not None and end > start \
-            and abs(duration - (end - start)) > TIME_TOLERANCE_S:
-        errs.add("data.duration_s", f"must be end - start ({end - start:g} s), not {duration:g}")
     energy = _number(errs, data, "energy_j", d, optional=True)
     if "energy_j" not in data:
         errs.add("data.energy_j", "missing (null when unknown)")
     energy_source = data.get("energy_source")
-    if energy_source not in ENERGY_SOURCES and not (energy_source is None and energy is None):
-        errs.add("data.energy_source", f"must be one of {', '.join(ENERGY_SOURCES)}, "
-                                       f"not {json.dumps(energy_source)}")
+    _relations(errs, source=source, subject=subject, node=node, device=device,
+               start=start, end=end, ce_time=ce_time, duration=duration, energy=energy,
+               energy_source=energy_source)
     avg_power = _number(errs, data, "avg_power_w", d, optional=True)
     util = _number(errs, data, "util_pct", d, optional=True)
     prompt = _count(errs, data, "prompt_tokens", d)
@@ -217,32 +217,6 @@ def check_event(ev: Any, index: int) -> tuple[Parsed | None, list[dict[str, Any]
 
     if errs.items:
         return None, errs.items
-
-    # Types are right: now the contract's arithmetic and the id.
-    tokens = prompt + completion
-    if c["total_micro"] != c["capex_micro"] + c["energy_micro"] + c["opex_micro"]:
-        errs.add("data.cost.total_micro", "must equal capex_micro + energy_micro + opex_micro")
-    if tokens > 0 and c["prompt_micro"] + c["completion_micro"] != c["total_micro"]:
-        errs.add("data.cost.prompt_micro", "prompt_micro + completion_micro must equal total_micro "
-                                           "when the window has tokens")
-    if tokens == 0 and (c["prompt_micro"] or c["completion_micro"]):
-        errs.add("data.cost.prompt_micro", "prompt_micro and completion_micro must be 0 without tokens")
-    usage_cost = sum(u["cost_micro"] for u in usage_rows)
-    if tokens > 0 and usage_cost != c["total_micro"]:
-        errs.add("data.usage", f"the usage rows' cost_micro sum to {usage_cost}, "
-                               f"not total_micro {c['total_micro']}")
-    if tokens == 0 and usage_cost:
-        errs.add("data.usage", "usage rows carry cost but the window has no tokens")
-    if sum(u["prompt_tokens"] for u in usage_rows) > prompt:
-        errs.add("data.usage", "the usage rows' prompt_tokens exceed the window's")
-    if sum(u["completion_tokens"] for u in usage_rows) > completion:
-        errs.add("data.usage", "the usage rows' completion_tokens exceed the window's")
-    expected = event_id(node, device, start)
-    if eid != expected and eid not in (event_id(node, device, start + d) for d in (-0.001, 0.001)):
-        errs.add("id", f"must be derived from (node, device, start): {expected}")
-    if errs.items:
-        return None, errs.items
-
     window = {
         "node": node, "device": device, "device_name": device_name, "start": start, "end": end,
         "duration_s": duration, "energy_j": energy, "energy_source": energy_source,
@@ -252,11 +226,104 @@ def check_event(ev: Any, index: int) -> tuple[Parsed | None, list[dict[str, Any]
         "cost_opex_micro": c["opex_micro"], "cost_micro": c["total_micro"],
         "cost_prompt_micro": c["prompt_micro"], "cost_completion_micro": c["completion_micro"],
         "currency": c["currency"], "partial": int(partial), "gap_s": gap,
-        "flags": json.dumps(flags) if flags else "[]", "config_hash": config_hash, "agent_version": agent_version,
+        "flags": json.dumps(flags) if flags else "[]", "config_hash": config_hash,
+        "agent_version": agent_version,
     }
-    raw = json.dumps(ev, separators=(",", ":"))
-    return Parsed(source, eid, raw, window, allocate(window, usage_rows)), []
+    if raw is None:
+        raw = json.dumps(ev, separators=(",", ":"))
+    parsed = _finish(errs, source, eid, raw, window, usage_rows)
+    return parsed, errs.items
 
+
+def _content_type_ok(dct: Any) -> bool:
+    return isinstance(dct, str) and (dct == "application/json"
+                                     or dct.split(";")[0].strip().lower() == "application/json")
+
+
+def _relations(errs: _Errors, *, source: str | None = None, subject: str | None = None,
+               node: str | None = None, device: str | None = None, start: float | None = None,
+               end: float | None = None, ce_time: float | None = None, duration: float | None = None,
+               energy: float | None = None, energy_source: Any = None) -> None:
+    """The checks between fields whose types are right (a None is a value already refused)."""
+    if node is not None and source is not None and node != source:
+        errs.add("data.node", f"must equal the event's source {source!r}, not {node!r}")
+    if device is not None and subject is not None and device != subject:
+        errs.add("data.device", f"must equal the event's subject {subject!r}, not {device!r}")
+    if start is not None and end is not None and end <= start:
+        errs.add("data.end", "must be after data.start")
+    if start is not None and ce_time is not None and abs(ce_time - start) > TIME_TOLERANCE_S:
+        errs.add("time", "must be the window's start (data.start)")
+    if duration is not None and start is not None and end is not None and end > start \
+            and abs(duration - (end - start)) > TIME_TOLERANCE_S:
+        errs.add("data.duration_s", f"must be end - start ({end - start:g} s), not {duration:g}")
+    if energy_source not in ENERGY_SOURCES and not (energy_source is None and energy is None):
+        errs.add("data.energy_source", f"must be one of {', '.join(ENERGY_SOURCES)}, "
+                                       f"not {json.dumps(energy_source)}")
+
+
+def _finish(errs: _Errors, source: str, eid: str, raw: str, window: dict[str, Any],
+            usage_rows: list[dict[str, Any]]) -> Parsed | None:
+    """Types are right: the contract's arithmetic and the id, then the parsed event."""
+    prompt, completion = window["prompt_tokens"], window["completion_tokens"]
+    total = window["cost_micro"]
+    tokens = prompt + completion
+    if total != window["cost_capex_micro"] + window["cost_energy_micro"] + window["cost_opex_micro"]:
+        errs.add("data.cost.total_micro", "must equal capex_micro + energy_micro + opex_micro")
+    split = window["cost_prompt_micro"] + window["cost_completion_micro"]
+    if tokens > 0 and split != total:
+        errs.add("data.cost.prompt_micro", "prompt_micro + completion_micro must equal total_micro "
+                                           "when the window has tokens")
+    if tokens == 0 and (window["cost_prompt_micro"] or window["cost_completion_micro"]):
+        errs.add("data.cost.prompt_micro", "prompt_micro and completion_micro must be 0 without tokens")
+    usage_cost = usage_prompt = usage_completion = 0
+    for u in usage_rows:
+        usage_cost += u["cost_micro"]
+        usage_prompt += u["prompt_tokens"]
+        usage_completion += u["completion_tokens"]
+    if tokens > 0 and usage_cost != total:
+        errs.add("data.usage", f"the usage rows' cost_micro sum to {usage_cost}, "
+                               f"not total_micro {total}")
+    if tokens == 0 and usage_cost:
+        errs.add("data.usage", "usage rows carry cost but the window has no tokens")
+    if usage_prompt > prompt:
+        errs.add("data.usage", "the usage rows' prompt_tokens exceed the window's")
+    if usage_completion > completion:
+        errs.add("data.usage", "the usage rows' completion_tokens exceed the window's")
+    node, device, start = window["node"], window["device"], window["start"]
+    key_ms = id_ms(eid, node, device, start)
+    if key_ms is None:
+        errs.add("id", f"must be derived from (node, device, start): {event_id(node, device, start)}")
+    if errs.items:
+        return None
+    return Parsed(source, eid, raw, window, allocate(window, usage_rows), key_ms)
+
+
+_NAMESPACE_SHA1 = hashlib.sha1(METERD_NAMESPACE.bytes)
+
+
+def _uuid5(name: str) -> str:
+    """``str(uuid.uuid5(METERD_NAMESPACE, name))`` without the UUID object (a test holds them
+    equal): the namespace's hash state is computed once, the digest formatted directly."""
+    h = _NAMESPACE_SHA1.copy()
+    h.update(name.encode())
+    d = bytearray(h.digest()[:16])
+    d[6] = (d[6] & 0x0F) | 0x50
+    d[8] = (d[8] & 0x3F) | 0x80
+    x = d.hex()
+    return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
+def id_ms(eid: str, node: str, device: str, start: float) -> int | None:
+    """The millisecond ``eid`` was derived from, or None when it is not the id of this window.
+
+    The wire carries times to the millisecond (truncated) while the agent's id rounds the exact
+    start, so the neighbouring milliseconds' ids are accepted too; the common case hashes once."""
+    ms = int(round(start * 1000))
+    prefix = f"{node}|{device}|"
+    for m in (ms, ms - 1, ms + 1):
+        if _uuid5(f"{prefix}{m}") == eid:
+            return m
+    return None
 
 def _check_usage(errs: _Errors, data: dict) -> list[dict[str, Any]]:
     usage = data.get("usage")
@@ -293,32 +360,38 @@ def allocate(window: dict[str, Any], usage: list[dict[str, Any]]) -> list[dict[s
     """
     total = window["cost_micro"]
     tokens = window["prompt_tokens"] + window["completion_tokens"]
+    energy, duration = window["energy_j"], window["duration_s"]
     out = []
-    for u in usage:
+    prompt = completion = cost = cost_prompt = cost_completion = 0
+    shares = 0.0
+    for u in usage:  # one pass: this runs for every event of every batch
         if total > 0:
             share = u["cost_micro"] / total
         elif tokens > 0:
             share = (u["prompt_tokens"] + u["completion_tokens"]) / tokens
         else:
             share = 0.0
-        out.append({**u, "attributed": 1, "share": share})
+        shares += share
+        prompt += u["prompt_tokens"]
+        completion += u["completion_tokens"]
+        cost += u["cost_micro"]
+        cost_prompt += u["cost_prompt_micro"]
+        cost_completion += u["cost_completion_micro"]
+        out.append({**u, "attributed": 1, "energy_j": None if energy is None else energy * share,
+                    "seconds": duration * share})
+    share = max(0.0, 1.0 - shares)
     rest = {
         "model": None, "tenant": None, "attributed": 0,
-        "prompt_tokens": window["prompt_tokens"] - sum(u["prompt_tokens"] for u in usage),
-        "completion_tokens": window["completion_tokens"] - sum(u["completion_tokens"] for u in usage),
-        "cost_micro": total - sum(u["cost_micro"] for u in usage),
-        "cost_prompt_micro": window["cost_prompt_micro"] - sum(u["cost_prompt_micro"] for u in usage),
-        "cost_completion_micro": window["cost_completion_micro"]
-        - sum(u["cost_completion_micro"] for u in usage),
-        "share": max(0.0, 1.0 - sum(u["share"] for u in out)),
+        "prompt_tokens": window["prompt_tokens"] - prompt,
+        "completion_tokens": window["completion_tokens"] - completion,
+        "cost_micro": total - cost,
+        "cost_prompt_micro": window["cost_prompt_micro"] - cost_prompt,
+        "cost_completion_micro": window["cost_completion_micro"] - cost_completion,
     }
-    if not usage or rest["share"] > 1e-9 or any(
-            rest[k] for k in ("prompt_tokens", "completion_tokens", "cost_micro")):
+    if not usage or share > 1e-9 or rest["prompt_tokens"] or rest["completion_tokens"] or rest["cost_micro"]:
+        rest["energy_j"] = None if energy is None else energy * share
+        rest["seconds"] = duration * share
         out.append(rest)
-    for u in out:
-        share = u.pop("share")
-        u["energy_j"] = None if window["energy_j"] is None else window["energy_j"] * share
-        u["seconds"] = window["duration_s"] * share
     return out
 
 
@@ -338,12 +411,195 @@ def check_batch(payload: Any, max_errors: int = 1000) -> tuple[list[Parsed], lis
     return parsed, errors
 
 
+def _foreign(index: int, eid: Any, source: str, node: str) -> dict[str, Any]:
+    return {"index": index, "id": eid if isinstance(eid, str) else None, "field": "source",
+            "problem": f"a token for node {node!r} may not send events from {source!r}"}
+
+
 def foreign_sources(payload: list[Any], node: str) -> list[dict[str, Any]]:
     """The events in a batch whose ``source`` is a string other than ``node`` (a 403)."""
-    out = []
-    for i, ev in enumerate(payload):
+    return [_foreign(i, ev.get("id"), ev["source"], node) for i, ev in enumerate(payload)
+            if isinstance(ev, dict) and isinstance(ev.get("source"), str) and ev["source"] != node]
+
+
+# -- the typed fast path -----------------------------------------------------------------------
+#
+# msgspec decodes a batch straight into these structs, checking types, ranges and required keys
+# in C as it parses, and hands back each event's bytes as received (``msgspec.Raw``), so nothing
+# is re-serialized. The structs are at least as strict as check_event; an event they refuse, or
+# whose relations or arithmetic are off, goes to check_event, which names every problem. So the
+# reporting path stays the one authority on what is wrong, and a valid batch never pays for it
+# (a test holds the two paths to the same answers, event by event).
+
+_Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
+_Num = Annotated[float, msgspec.Meta(ge=0.0, le=sys.float_info.max)]  # finite: inf is over max
+_Name = Annotated[str, msgspec.Meta(min_length=1)]
+
+
+class _Usage(msgspec.Struct):
+    model: str
+    tenant: str
+    prompt_tokens: _Count
+    completion_tokens: _Count
+    cost_micro: _Count
+    cost_prompt_micro: _Count
+    cost_completion_micro: _Count
+
+
+class _Cost(msgspec.Struct):
+    capex_micro: _Count
+    energy_micro: _Count
+    opex_micro: _Count
+    total_micro: _Count
+    prompt_micro: _Count
+    completion_micro: _Count
+    currency: Annotated[str, msgspec.Meta(min_length=1, max_length=16)]
+
+
+class _Data(msgspec.Struct, kw_only=True):
+    node: _Name
+    device: _Name
+    device_name: str | None = None
+    start: str
+    end: str
+    duration_s: _Num
+    energy_j: _Num | None  # required, null when unknown
+    energy_source: str | None = None
+    avg_power_w: _Num | None = None
+    util_pct: _Num | None = None
+    prompt_tokens: _Count
+    completion_tokens: _Count
+    usage: list[_Usage]
+    cost: _Cost
+    partial: bool = False
+    gap_s: _Num | None = None
+    flags: list[str] | None = None
+    config_hash: str | None = None
+    agent_version: str | None = None
+
+
+class _Event(msgspec.Struct, kw_only=True):
+    specversion: Literal["1.0"]
+    id: _Name
+    source: _Name
+    type: Literal["meterd.window.v1"]
+    subject: _Name
+    time: str
+    datacontenttype: str = "application/json"
+    data: _Data
+
+
+assert EVENT_TYPE == "meterd.window.v1"
+_RAWS = msgspec.json.Decoder(list[msgspec.Raw])
+_RAW = msgspec.json.Decoder(msgspec.Raw)
+_EVENT = msgspec.json.Decoder(_Event)
+
+
+class MalformedJSON(ValueError):
+    """The body is not JSON (the message says where)."""
+
+
+class WrongShape(ValueError):
+    """JSON, but not an array of events (a batch) or one object (a single event)."""
+
+
+@dataclass
+class Checked:
+    """A request body, checked: its events parsed (valid ones), the schema errors (capped), and
+    the events from a source other than the sender's node (a 403, checked before the schema)."""
+
+    received: int
+    parsed: list[Parsed]
+    errors: list[dict[str, Any]]
+    foreign: list[dict[str, Any]]
+
+
+def check_body(body: bytes, *, node: str, single: bool = False, max_errors: int = 1000) -> Checked:
+    """Decode and validate a request body of events sent by ``node``: a JSON array (a batch), or
+    one object with ``single``. Raises MalformedJSON or WrongShape."""
+    try:
+        body.decode("utf-8")  # msgspec skips unknown fields without looking inside them
+        if single:
+            raws = [_RAW.decode(body)] if body.lstrip()[:1] == b"{" else None
+        else:
+            raws = _RAWS.decode(body)
+    except (UnicodeDecodeError, msgspec.DecodeError):
+        raws = None
+    if raws is None:
+        return _check_slowly(body, node, single, max_errors)
+    parsed: list[Parsed] = []
+    errors: list[dict[str, Any]] = []
+    foreign: list[dict[str, Any]] = []
+    times: dict[str, float | None] = {}
+    for i, raw in enumerate(raws):
+        text = bytes(raw).decode()
+        try:
+            p = _fast(_EVENT.decode(raw), text, times)
+        except msgspec.ValidationError:
+            p = None
+        if p is not None:
+            if p.source != node:
+                foreign.append(_foreign(i, p.id, p.source, node))
+            parsed.append(p)
+            continue
+        ev = json.loads(text)  # cannot fail: msgspec parsed it
         if isinstance(ev, dict) and isinstance(ev.get("source"), str) and ev["source"] != node:
-            out.append({"index": i, "id": ev.get("id") if isinstance(ev.get("id"), str) else None,
-                        "field": "source",
-                        "problem": f"a token for node {node!r} may not send events from {ev['source']!r}"})
-    return out
+            foreign.append(_foreign(i, ev.get("id"), ev["source"], node))
+        p, errs = check_event(ev, i, text)
+        if p is not None:
+            parsed.append(p)
+        if len(errors) < max_errors:
+            errors.extend(errs[: max_errors - len(errors)])
+    return Checked(len(raws), parsed, errors, foreign[:max_errors])
+
+
+def _check_slowly(body: bytes, node: str, single: bool, max_errors: int) -> Checked:
+    """A body msgspec would not split into events: the json module says what is wrong (it also
+    takes what msgspec does not, such as NaN, which check_event then refuses)."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise MalformedJSON(str(e)) from None
+    if single:
+        if not isinstance(payload, dict):
+            raise WrongShape("one JSON object")
+        payload = [payload]
+    elif not isinstance(payload, list):
+        raise WrongShape("a JSON array of events")
+    parsed, errors = check_batch(payload, max_errors)
+    return Checked(len(payload), parsed, errors, foreign_sources(payload, node)[:max_errors])
+
+
+def _fast(ev: _Event, raw: str, times: dict[str, float | None]) -> Parsed | None:
+    """The parsed event, or None if anything is off (check_event then says what)."""
+    d = ev.data
+    if not _content_type_ok(ev.datacontenttype):
+        return None
+    start, end, ce_time = (times[t] if t in times else times.setdefault(t, parse_time(t))
+                           for t in (d.start, d.end, ev.time))
+    if start is None or end is None or ce_time is None:
+        return None
+    errs = _Errors(0, None)
+    _relations(errs, source=ev.source, subject=ev.subject, node=d.node, device=d.device, start=start,
+               end=end, ce_time=ce_time, duration=d.duration_s, energy=d.energy_j,
+               energy_source=d.energy_source)
+    if errs.items or len({(u.model, u.tenant) for u in d.usage}) != len(d.usage):
+        return None
+    c = d.cost
+    window = {
+        "node": d.node, "device": d.device, "device_name": d.device_name, "start": start, "end": end,
+        "duration_s": d.duration_s, "energy_j": d.energy_j, "energy_source": d.energy_source,
+        "avg_power_w": d.avg_power_w, "util_pct": d.util_pct,
+        "prompt_tokens": d.prompt_tokens, "completion_tokens": d.completion_tokens,
+        "cost_capex_micro": c.capex_micro, "cost_energy_micro": c.energy_micro,
+        "cost_opex_micro": c.opex_micro, "cost_micro": c.total_micro,
+        "cost_prompt_micro": c.prompt_micro, "cost_completion_micro": c.completion_micro,
+        "currency": c.currency, "partial": int(d.partial), "gap_s": d.gap_s or 0.0,
+        "flags": json.dumps(d.flags) if d.flags else "[]", "config_hash": d.config_hash,
+        "agent_version": d.agent_version,
+    }
+    usage = [{"model": u.model, "tenant": u.tenant, "prompt_tokens": u.prompt_tokens,
+              "completion_tokens": u.completion_tokens, "cost_micro": u.cost_micro,
+              "cost_prompt_micro": u.cost_prompt_micro, "cost_completion_micro": u.cost_completion_micro}
+             for u in d.usage]
+    return _finish(errs, ev.source, ev.id, raw, window, usage)

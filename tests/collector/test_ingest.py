@@ -23,6 +23,7 @@ def test_a_batch_is_stored_once_and_a_resend_is_all_duplicates(client, store, to
     assert store.counts()["events"] == store.counts()["windows"] == 5
     # what is stored is the event as sent, which the CloudEvents SDK reads back
     raws = [row[0] for row in store.conn.execute("SELECT raw FROM events ORDER BY seq")]
+    assert raws == [json.dumps(e) for e in events]  # the bytes each event arrived as
     for raw, sent in zip(raws, events):
         ce = from_http(HTTPMessage({"content-type": "application/cloudevents+json"}, raw.encode()),
                        JSONFormat())

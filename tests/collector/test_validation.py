@@ -7,7 +7,7 @@ import pytest
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
-from meterd.collector.validation import check_batch, check_event, foreign_sources
+from meterd.collector.validation import MalformedJSON, WrongShape, check_batch, check_body, check_event, foreign_sources
 from tests.collector.conftest import T0, make_event
 
 
@@ -146,3 +146,92 @@ def test_a_partial_window_starting_between_milliseconds_is_accepted():
         parsed, errors = check_event(ev, 0)
         assert errors == [], (frac, errors)
         assert parsed.window["start"] == pytest.approx(T0 + frac, abs=1e-3)
+
+
+# -- the typed fast path (check_body) against the reporting path (check_event) ------------------
+
+HOSTILE = (None, "", "x", "2026-11-28T00:00:00Z", -1, 0, 1, 1.5, 2**63, 2**64, True, False, [], {},
+           ["a"], 1e308, "1.0", "meterd.window.v1", "application/json; charset=utf-8")
+
+
+def _paths(obj, prefix=()):
+    """Every key path of a nested event (lists by index)."""
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj)
+    for k, v in items:
+        yield prefix + (k,)
+        if isinstance(v, (dict, list)):
+            yield from _paths(v, prefix + (k,))
+
+
+def _variants():
+    base = make_event(models=[("a", "t1"), ("b", "")], prompt=900, completion=300)
+    yield "valid", base
+    yield "idle", make_event(prompt=0, completion=0)
+    for path in _paths(base):
+        for value in (*HOSTILE, "<delete>"):
+            ev = copy.deepcopy(base)
+            target = ev
+            for k in path[:-1]:
+                target = target[k]
+            if value == "<delete>":
+                del target[path[-1]]
+            else:
+                target[path[-1]] = value
+            yield f"{'.'.join(map(str, path))}={value!r}", ev
+
+
+def test_the_fast_path_gives_the_reporting_paths_answer_for_every_hostile_field(monkeypatch):
+    """Every field of a valid event set to each hostile value (or deleted): check_body, which
+    decodes typed structs, and check_batch, the reporting path, agree on the parsed rows and the
+    errors. Both valid events take the fast path without falling back."""
+    import meterd.collector.validation as v
+
+    fallbacks = []
+    real = v.check_event
+    monkeypatch.setattr(v, "check_event", lambda *a: fallbacks.append(a[1]) or real(*a))
+    for name, ev in _variants():
+        body = json.dumps([ev]).encode()
+        fallbacks.clear()
+        checked = check_body(body, node="n1")
+        fell_back = list(fallbacks)
+        parsed, errors = check_batch(json.loads(body))
+        assert checked.errors == errors, name
+        assert len(checked.parsed) == len(parsed), name
+        for fast, slow in zip(checked.parsed, parsed):
+            assert json.loads(fast.raw) == json.loads(slow.raw), name
+            assert (fast.source, fast.id, fast.window, fast.usage, fast.key_ms) == \
+                (slow.source, slow.id, slow.window, slow.usage, slow.key_ms), name
+        if name in ("valid", "idle"):
+            assert fell_back == [] and len(checked.parsed) == 1, name
+
+
+def test_check_body_keeps_each_events_bytes_and_reports_shape_and_syntax():
+    a, b = make_event(), make_event(start=T0 + 60)
+    sent = [json.dumps(a, indent=1).encode(), json.dumps(b, separators=(",", ":")).encode()]
+    checked = check_body(b"[ " + b" ,\n".join(sent) + b" ]", node="n1")
+    assert [p.raw.encode() for p in checked.parsed] == sent
+    assert checked.received == 2 and checked.errors == checked.foreign == []
+    one = check_body(sent[0], node="n1", single=True)
+    assert [p.raw.encode() for p in one.parsed] == sent[:1]
+    foreign = check_body(json.dumps([a, make_event("n2")]).encode(), node="n1")
+    assert [f["index"] for f in foreign.foreign] == [1]
+    with pytest.raises(MalformedJSON):
+        check_body(b"[{", node="n1")
+    with pytest.raises(MalformedJSON):
+        check_body(b"\xff[]", node="n1")
+    with pytest.raises(WrongShape):
+        check_body(b'{"an": "object"}', node="n1")
+    with pytest.raises(WrongShape):
+        check_body(b"[]", node="n1", single=True)
+    nan = check_body(json.dumps([a]).replace('"energy_j": 31250.5', '"energy_j": NaN').encode(), node="n1")
+    assert [e["field"] for e in nan.errors] == ["data.energy_j"]  # json takes NaN, the check refuses it
+
+
+def test_the_id_hash_is_uuid5():
+    import uuid
+
+    from meterd.agent.events import METERD_NAMESPACE
+    from meterd.collector.validation import _uuid5
+
+    for name in ("n1|GPU-0|1795824000000", "ñode|GPU-ü|-5", "", "x" * 1000):
+        assert _uuid5(name) == str(uuid.uuid5(METERD_NAMESPACE, name))
