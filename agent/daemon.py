@@ -135,6 +135,7 @@ class Agent:
         self.summary = RunSummary()
 
     def _set_sources(self, config: Config) -> None:
+        before = {src.key: src.url for src, _ in getattr(self, "sources", ())}
         self.sources = []
         for s in config.sources:
             if s.kind == "push":
@@ -143,6 +144,13 @@ class Agent:
             if not targets:
                 log.warning("token source %s maps to no device on this node (devices = %s)", s.name, list(s.devices))
             self.sources.append((token_source(s, config.interval_s), targets))
+        # A source a reload removed (or pointed elsewhere) is forgotten: should it come back, its
+        # first scrape is a baseline, not everything it counted meanwhile billed to one window.
+        after = {src.key: src.url for src, _ in self.sources}
+        for key, url in before.items():
+            if after.get(key) != url:
+                self.tracker.forget(key)
+                log.info("token source %s removed: its counters are forgotten", key)
         push_cfg = [s for s in config.sources if s.kind == "push"]
         self.push_targets = resolve_devices(push_cfg[0].devices if push_cfg else ("all",), self.node.devices)
 

@@ -31,10 +31,6 @@ class Notifier:
         self._sock: socket.socket | None = None
         self.ready = False
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.address)
-
     def send(self, message: str) -> bool:
         if not self.address:
             return False

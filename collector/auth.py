@@ -37,9 +37,6 @@ class Principal:
     scope: str  # "node" or "read"
     name: str
 
-    def may_read(self, node: str | None) -> bool:
-        return self.scope == "read" or node == self.name
-
 
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()

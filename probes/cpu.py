@@ -73,9 +73,6 @@ class CpuDevice(Device):
         self._prev_mono = monotonic()
         self._prev_energy_j = self._rapl.read_j() if self._rapl else None
 
-    def identity(self) -> dict:
-        return {"id": self.id, "kind": self.kind, "name": self.name, "logical_cpus": self.logical_cpus}
-
     def sample(self, detail: bool = True) -> DeviceSample:
         wait = MIN_UTIL_INTERVAL_S - (self._monotonic() - self._prev_mono)
         if wait > 0:

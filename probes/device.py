@@ -25,10 +25,6 @@ class Device(ABC):
         the sample says so in ``state`` and ``reason``. ``detail=False`` reads only what
         metering needs (power, energy, utilization, memory): the agent's 1 Hz path."""
 
-    def identity(self) -> dict:
-        """Static facts that identify the device (for the store and the wire)."""
-        return {"id": self.id, "kind": self.kind, "name": self.name}
-
 
 class Gpus(ABC):
     """The node's GPUs of one vendor."""

@@ -119,16 +119,6 @@ class NvidiaGpu(Device):
         self.architecture = nvml_query("nvmlDeviceGetArchitecture", self._handle)
         self.lost_reason: str | None = None
 
-    def identity(self) -> dict:
-        return {
-            "id": self.id,
-            "kind": self.kind,
-            "name": self.name,
-            "index": self.index,
-            "uuid": self.uuid,
-            "pci_bus_id": self.pci_bus_id,
-        }
-
     # -- individual fields; each docstring names the nvidia-smi equivalent --------------------
 
     def power_w(self, at: float) -> Reading | None:

@@ -1,19 +1,19 @@
 """Tokens from the inference servers on the node: scrape their Prometheus endpoints.
 
-The API for the agent, once per sampling interval::
+The API for the agent, once per sampling interval (the agent scrapes every source at once on
+its round's thread pool, :class:`meterd.agent.sampler.ConcurrentReader`, so one slow server
+costs the others nothing)::
 
-    from meterd.probes.tokens import TokenSource, scrape_all
+    from meterd.probes.tokens import TokenSource
     from meterd.probes.counters import CounterTracker, Gap
 
-    sources = [TokenSource("http://127.0.0.1:8000/metrics", kind="vllm"),
-               TokenSource("http://127.0.0.1:8080/metrics", kind="llamacpp", model="qwen2.5-7b")]
+    source = TokenSource("http://127.0.0.1:8000/metrics", kind="vllm")
     tracker = CounterTracker()
     with httpx.Client() as client:             # one client, reused: keep-alive connections
         while running:
-            results = scrape_all(sources, client)       # {source.key: Totals | Gap}, concurrent
-            for key, result in results.items():
-                update = tracker.update(key, result)    # pure: deltas per model, or a gap
-                ...  # update.deltas[model].prompt_tokens, .gap, .restarted, .baseline
+            result = source.scrape(client)               # Totals | Gap
+            update = tracker.update(source.key, result)  # pure: deltas per model, or a gap
+            ...  # update.deltas[model].prompt_tokens, .gap, .restarted, .baseline
 
 - :meth:`TokenSource.scrape` returns :class:`~probes.counters.Totals` (cumulative counts per
   model) or a :class:`~probes.counters.Gap` (with the reason): it never raises for anything
@@ -24,8 +24,6 @@ The API for the agent, once per sampling interval::
   whole body, so a server that trickles bytes cannot hold it longer than about
   ``timeout_s`` plus one read; bodies over ``max_bytes`` (default 4 MiB, far above any real
   server's metrics) are refused unread.
-- :func:`scrape_all` scrapes every source at once on a small thread pool, so one slow server
-  costs the others nothing.
 - Counter semantics (deltas, restarts, gaps) are :mod:`probes.counters`; the metric names of
   each server and the parsing are :mod:`probes.prometheus_servers`.
 """
@@ -34,7 +32,6 @@ from __future__ import annotations
 
 import time
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
 
@@ -193,19 +190,3 @@ def _reason(e: Exception) -> str:
     msg = str(e).strip() or type(e).__name__
     return msg.splitlines()[0][:200]
 
-
-def scrape_all(sources: list[TokenSource], client: httpx.Client,
-               max_workers: int = 8) -> dict[str, Totals | Gap]:
-    """Scrape every source concurrently; {source.key: Totals | Gap}, in the sources' order.
-
-    The whole call takes about the slowest source's deadline, not the sum: a server that
-    never answers costs its own ``timeout_s`` and nothing else.
-    """
-    if not sources:
-        return {}
-    if len(sources) == 1:
-        return {sources[0].key: sources[0].scrape(client)}
-    with ThreadPoolExecutor(max_workers=min(max_workers, len(sources)),
-                            thread_name_prefix="meterd-scrape") as pool:
-        futures = [(s.key, pool.submit(s.scrape, client)) for s in sources]
-        return {key: fut.result() for key, fut in futures}

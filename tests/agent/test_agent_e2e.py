@@ -162,3 +162,45 @@ def test_pushed_usage_is_billed_per_tenant(fake_nvml, clock, tmp_path):
     assert (rows["acme"]["cost_completion_micro"], rows["zeta"]["cost_completion_micro"]) == (334, 333)
     assert rows["acme"]["cost_micro"] + rows["zeta"]["cost_micro"] == 2000
     store.close()
+
+
+def test_a_source_removed_by_a_reload_and_added_back_bills_nothing_of_the_time_between(no_nvml, clock, tmp_path):
+    """CounterTracker.forget, wired to SIGHUP reloads: tokens counted while a source was out of
+    the config are not billed to the first window after it comes back."""
+    clock.t = T0
+    mono = {"t": 0.0}
+    with FakeInferenceServer("vllm", models=["m"]) as server:
+        with_source = default_config(node="n", interval_s=0.5, window_s=1,
+                                     sources=(SourceConfig(kind="vllm", url=server.url, name="vllm"),))
+        without = default_config(node="n", interval_s=0.5, window_s=1)
+        wanted = {"config": with_source}
+        agent_box = []
+        events = {  # seconds after T0 -> what happens then
+            0.25: lambda: server.add("m", 100, 10),
+            1.25: lambda: (wanted.update(config=without), agent_box[0].request_reload()),
+            2.25: lambda: server.add("m", 1000, 1000),  # not metered: the source is out of the config
+            3.25: lambda: server.add("m", 1000, 1000),
+            4.25: lambda: (wanted.update(config=with_source), agent_box[0].request_reload()),
+            5.75: lambda: server.add("m", 7, 3),
+        }
+
+        def sleep(s):
+            end = clock() + s
+            for at in sorted(events):
+                if clock() < T0 + at <= end:
+                    clock.t = T0 + at
+                    events[at]()
+            clock.t = end
+            mono["t"] += s
+
+        node = get_devices(clock=clock)
+        store = Store(tmp_path / "m.db")
+        agent = Agent(with_source, store, node, reload_config=lambda: wanted["config"],
+                      clocks=Clocks(wall=clock, mono=lambda: mono["t"], boot=lambda: mono["t"], sleep=sleep))
+        agent_box.append(agent)
+        agent.run(duration_s=7.0)
+        node.close()
+    ws = store.windows()
+    assert sum(w["prompt_tokens"] for w in ws) == 107
+    assert sum(w["completion_tokens"] for w in ws) == 13
+    store.close()

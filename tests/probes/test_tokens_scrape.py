@@ -10,7 +10,7 @@ import pytest
 
 from meterd.probes.counters import Counts, CounterTracker, Gap, Totals
 from meterd.probes.prometheus_servers import KINDS, GenericMetrics, ServerUnreachable
-from meterd.probes.tokens import TokenSource, normalize_url, scrape_all
+from meterd.probes.tokens import TokenSource, normalize_url
 from tests.fakes.servers import GENERIC, FakeInferenceServer
 
 FAST_S = 0.4  # the deadline used against servers that hang
@@ -148,26 +148,25 @@ def test_read_raises_what_scrape_reports(fake, client):
 
 
 def test_a_slow_server_does_not_stall_the_others(client):
+    """The agent's round reads every source at once (its ConcurrentReader)."""
+    from meterd.agent.sampler import ConcurrentReader
+
     with FakeInferenceServer("vllm") as slow, FakeInferenceServer("sglang") as a, FakeInferenceServer("tgi") as b:
         slow.set_mode("hang")
         a.add("llama-3-8b", 5, 1)
         b.add("default", 7, 2)
         sources = [TokenSource(slow.url, timeout_s=FAST_S), TokenSource(a.url, timeout_s=FAST_S),
                    TokenSource(b.url, timeout_s=FAST_S)]
+        reader = ConcurrentReader(max_workers=4)
         start = time.monotonic()
-        results = scrape_all(sources, client)
+        results = reader.read({s.key: (lambda s=s: s.scrape(client)) for s in sources}, FAST_S + 1.0)
         took = time.monotonic() - start
+        reader.close()
     assert list(results) == [s.key for s in sources]
     assert isinstance(results[sources[0].key], Gap)
     assert results[sources[1].key].models["llama-3-8b"].prompt_tokens == 5
     assert results[sources[2].key].models["default"].prompt_tokens == 7
     assert took < FAST_S + 1.0  # one deadline, not the sum
-
-
-def test_scrape_all_with_none_or_one_source(fake, client):
-    assert scrape_all([], client) == {}
-    only = TokenSource(fake.url, name="gpu0-vllm")
-    assert list(scrape_all([only], client)) == ["gpu0-vllm"]
 
 
 def test_trtllm_default_path(client):
