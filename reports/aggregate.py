@@ -36,6 +36,7 @@ from functools import lru_cache
 from operator import itemgetter
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from meterd.agent.store_queries import IDLE_TIME
 from meterd.errors import ReportError
 
 GROUP_KEYS = ("node", "device", "model", "tenant", "hour", "day", "week")
@@ -53,9 +54,9 @@ INT_SUMS = ("prompt_tokens", "completion_tokens", "cost_capex_micro", "cost_ener
             "idle_cost_micro")
 FLOAT_SUMS = ("seconds", "energy_j", "util_pct_s", "capacity_cost_micro", "capacity_tokens")
 SUMS = INT_SUMS + FLOAT_SUMS
-#: Whole cells' time and utilization x time of their windows with no tokens: read only for the
-#: (idle) rest of a report by model or tenant (a cell without them counts 0).
-IDLE_TIME = ("idle_seconds", "idle_util_pct_s")
+#: Whole cells' time and utilization x time of their windows with no tokens (IDLE_TIME, from the
+#: store's queries): read only for the (idle) rest of a report by model or tenant (a cell
+#: without them counts 0).
 
 
 def parse_by(values: Iterable[str]) -> list[str]:

@@ -1,11 +1,9 @@
 """Reading a report's cells (reports/aggregate.py) from a local store or from a collector.
 
-Local store: the range [since, until) is cut into the pieces each source answers best. The
-whole days inside it come from the daily rollups, the whole hours at its ragged ends from the
-hourly rollups, and the minutes before the first whole hour and after the last from the raw
-windows. A report by hour uses no daily rollups; a week is seven daily buckets from a Monday
-00:00 UTC, put together by the aggregation. A window belongs to the hour, day, week and range
-that hold its start, exactly as the rollups count it, so every path gives the same sums.
+Local store: the cells come from the agent's own queries over its tables
+(agent/store_queries.py: the daily and hourly rollups for the whole days and hours of the range,
+the raw windows at its ragged ends). A report by hour uses no daily rollups; a week is seven
+daily buckets from a Monday 00:00 UTC, put together by the aggregation.
 
 Collector: its query API (``GET /api/v1/usage``, docs/collector-api.md) over httpx with a bearer
 token. A collector keeps no bench results, so reports over it show no capacity figures, and it
@@ -24,18 +22,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from meterd.agent.events import parse_iso
 from meterd.agent.store import Store
+from meterd.agent.store_queries import DAY, HOUR, range_cells, window_span
 from meterd.errors import CollectorDown, CollectorRefused, EmptyStore, NoData, QueryError
-from meterd.reports.aggregate import IDLE, IDLE_TIME, Ceiling, Cells, ReportError, iso, per_model
+from meterd.reports.aggregate import IDLE, Ceiling, Cells, ReportError, iso, per_model
 
 if TYPE_CHECKING:
     import httpx
-
-HOUR, DAY = 3600, 86400
-PERIOD_S = {"hour": HOUR, "day": DAY}
 
 
 @dataclass(frozen=True)
@@ -75,111 +71,12 @@ def finest(by: Sequence[str]) -> int | None:
 # -- the local store ------------------------------------------------------------------------------
 
 
-def plan(lo: float, hi: float, max_period: int) -> list[tuple[str, float, float]]:
-    """Pieces ``(source, from, to)`` covering [lo, hi): ``day`` and ``hour`` rollups where the
-    piece is whole days or hours (``max_period`` caps it), ``raw`` windows elsewhere. Pure."""
-    out: list[tuple[str, float, float]] = []
-
-    def hours(a: float, b: float) -> None:
-        h0, h1 = math.ceil(a / HOUR) * HOUR, math.floor(b / HOUR) * HOUR
-        if h0 < h1:
-            out.extend(p for p in (("raw", a, h0), ("hour", h0, h1), ("raw", h1, b)) if p[1] < p[2])
-        elif a < b:
-            out.append(("raw", a, b))
-
-    if max_period >= DAY:
-        d0, d1 = math.ceil(lo / DAY) * DAY, math.floor(hi / DAY) * DAY
-        if d0 < d1:
-            hours(lo, d0)
-            out.append(("day", d0, d1))
-            hours(d1, hi)
-            return out
-    hours(lo, hi)
-    return out
-
-
-_COUNTED = ("prompt_tokens", "completion_tokens", "cost_capex_micro", "cost_energy_micro",
-            "cost_opex_micro", "cost_micro", "cost_prompt_micro", "cost_completion_micro")
-_ROLLUP_SUMS = ("seconds", "energy_j", "util_pct_s", *_COUNTED, "idle_cost_micro", *IDLE_TIME)
-_IDLE_WINDOW = "w.prompt_tokens + w.completion_tokens = 0"
-_RAW_WHOLE = {
-    "seconds": "w.end - w.start", "energy_j": "coalesce(w.energy_j, 0)",
-    "util_pct_s": "coalesce(w.util_pct, 0) * (w.end - w.start)",
-    **{k: f"w.{k}" for k in _COUNTED},
-    "idle_cost_micro": f"CASE WHEN {_IDLE_WINDOW} THEN w.cost_micro ELSE 0 END",
-    "idle_seconds": f"CASE WHEN {_IDLE_WINDOW} THEN w.end - w.start ELSE 0.0 END",
-    "idle_util_pct_s": f"CASE WHEN {_IDLE_WINDOW} THEN coalesce(w.util_pct, 0) * (w.end - w.start) ELSE 0.0 END",
-}
-_RAW_USAGE = {
-    "seconds": "w.end - w.start", "energy_j": "coalesce(u.energy_j, 0)",
-    "util_pct_s": "coalesce(w.util_pct, 0) * (w.end - w.start)",
-    **{k: f"u.{k}" for k in _COUNTED}, "idle_cost_micro": "0",
-}
-
-
-def _bucket_sql(col: str, size: int | None) -> str:
-    return "NULL" if size is None else f"(CAST({col} AS INTEGER) / {size}) * {size}"
-
-
-def _cells(store: Store, source: str, lo: float, hi: float, f: Filters, size: int | None,
-           usage: bool, idle_time: bool = False) -> list[dict[str, Any]]:
-    where, args = [], []
-    if source == "raw":
-        t = "w."
-        where += ["w.start >= ?", "w.start < ?"]
-        sums = dict(_RAW_USAGE if usage else _RAW_WHOLE)
-        # Windows by their start first, then their usage rows: without statistics SQLite would
-        # scan every usage row (or every window, to save a sort for the GROUP BY).
-        frm = "windows w INDEXED BY windows_start" + (
-            " CROSS JOIN window_usage u ON u.window_id = w.id" if usage else "")
-        time_col, m = "w.start", "u."
-    else:
-        t = ""
-        where += ["period = ?", "bucket >= ?", "bucket < ?"]
-        args.append(source)
-        sums = {k: k for k in _ROLLUP_SUMS}
-        frm = "rollups"
-        time_col, m = "bucket", ""
-        where.append("model != ''" if usage else "model = '' AND tenant = ''")
-    if usage or not idle_time:  # read only for the (idle) row of a report by model or tenant
-        for k in IDLE_TIME:
-            sums.pop(k, None)
-    args += [lo, hi]
-    for col in ("node", "device"):
-        if getattr(f, col) is not None:
-            where.append(f"{t}{col} = ?")
-            args.append(getattr(f, col))
-    keys = [f"{t}node AS node", f"{t}device AS device", f"{_bucket_sql(time_col, size)} AS t"]
-    group = ["node", "device", "t"]
-    if usage:
-        for col in ("model", "tenant"):
-            if getattr(f, col) is not None:
-                where.append(f"{m}{col} = ?")
-                args.append(getattr(f, col))
-        keys += [f"{m}model AS model", f"{m}tenant AS tenant"]
-        group += ["model", "tenant"]
-    if source != "raw" and size == PERIOD_S[source]:
-        # Rollup rows are already the cells (one per key: the table's primary key), so no
-        # GROUP BY: SQLite's sorter was most of a year by hour. The ORDER BY gives the cells in
-        # the order the GROUP BY did, so every float sum adds in the same order as before.
-        keys[2] = "CAST(bucket AS INTEGER) AS t"
-        sql = (f"SELECT {', '.join(keys)}, {', '.join(f'{e} AS {k}' for k, e in sums.items())} "
-               f"FROM {frm} WHERE {' AND '.join(where)} ORDER BY {', '.join(group)}")
-    else:
-        sql = (f"SELECT {', '.join(keys)}, {', '.join(f'sum({e}) AS {k}' for k, e in sums.items())} "
-               f"FROM {frm} WHERE {' AND '.join(where)} GROUP BY {', '.join(group)}")
-    cur = store.conn.execute(sql, args)
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r)) for r in cur]
-
-
 def read_store(store: Store, by: Sequence[str], f: Filters, *, with_bench: bool = True) -> Cells:
     """The cells of a report over a local store. Raises EmptyStore, NoData, ReportError."""
-    c = store.conn
-    first = c.execute("SELECT start, currency FROM windows ORDER BY start LIMIT 1").fetchone()
-    if first is None:
+    span = window_span(store)
+    if span is None:
         raise EmptyStore("no windows yet: run `meter agent`")
-    last = c.execute("SELECT start, currency FROM windows ORDER BY start DESC LIMIT 1").fetchone()
+    first, last = span
     if first[1] != last[1]:
         raise ReportError(f"the store holds windows in {first[1]} and {last[1]}: report one "
                           "currency at a time with --since/--until")
@@ -188,15 +85,14 @@ def read_store(store: Store, by: Sequence[str], f: Filters, *, with_bench: bool 
     hi = f.until if f.until is not None else (math.floor(last[0] / DAY) + 1) * DAY
     pm = per_model(by, f.model, f.tenant)
     cells = Cells(currency=first[1])
+    keys = {"node": f.node, "device": f.device, "model": f.model, "tenant": f.tenant}
     if lo < hi:
-        for source, a, b in plan(lo, hi, HOUR if size == HOUR else DAY):
-            cells.whole += _cells(store, source, a, b, f, size, usage=False, idle_time=pm)
+        cells.whole += range_cells(store, lo, hi, bucket=size, usage=False, idle_time=pm, **keys)
         if with_bench:
             devices = sorted({w["device"] for w in cells.whole})
             cells.ceilings, cells.capacity = read_ceilings(store, devices)
         if pm or cells.ceilings:
-            for source, a, b in plan(lo, hi, HOUR if size == HOUR else DAY):
-                cells.usage += _cells(store, source, a, b, f, size, usage=True)
+            cells.usage += range_cells(store, lo, hi, bucket=size, usage=True, **keys)
     # Idle windows are data too: a node that served no tokens still shows its cost, as (idle).
     if not cells.whole or (pm and (f.model is not None or f.tenant is not None) and not cells.usage):
         raise NoData(f"no windows {f.describe()}")

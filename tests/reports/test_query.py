@@ -10,7 +10,8 @@ from meterd.agent.costmodel import DeviceShare
 from meterd.agent.ledger import price_window
 from meterd.agent.windows import Usage, Window
 from meterd.reports.aggregate import aggregate
-from meterd.reports.query import DAY, HOUR, EmptyStore, Filters, NoData, plan, read_store
+from meterd.agent.store_queries import DAY, HOUR, plan
+from meterd.reports.query import EmptyStore, Filters, NoData, read_store
 from tests.reports.conftest import MON, window
 
 
