@@ -15,13 +15,14 @@ import time
 import uuid
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from meterd import __version__
-from meterd.agent.config import Config, default_config, load_config
+from meterd.agent.config import Config, Prices, default_config, load_config
 from meterd.errors import InputError
+from meterd.units import MICRO
 from meterd.sqlite_store import store_error
-from meterd.kernels.prices import YEAR_S, Prices
+from meterd.agent.costmodel import DeviceShare, capacity_rate_micro_per_s, cost_per_mtok_micro, node_shares
 from meterd.kernels.roofline import DEFAULT_BATCH, DEFAULT_CONTEXT_TOKENS, all_profiles
 from meterd.kernels.suite import Progress, Sizes, capacity_rows, library_versions, plan_devices, run_plans, runner_options
 from meterd.probes.device import Device
@@ -60,22 +61,20 @@ def select_devices(devices: list[Device], wanted: str | None) -> list[Device]:
     raise InputError(f"no device {wanted!r} on this node (devices: {known})")
 
 
-def capacity_prices(p, gpus_on_node: int) -> Prices:
-    """One device's prices for the capacity table, from the agent's config prices: a GPU's
-    purchase price plus its share of the node (the whole node on a CPU-only machine), the base
-    energy price (time-of-use periods left out: capacity is a ceiling, not a bill)."""
-    share = p.capex_per_node_micro // max(1, gpus_on_node)
-    purchase = (p.capex_per_gpu_micro if gpus_on_node else 0) + share
-    return Prices(
-        currency=p.currency,
-        purchase_micro=purchase,
-        residual_micro=round(purchase * p.residual_fraction),
-        depreciation_s=p.depreciation_years * YEAR_S,
-        rental_per_hour_micro=p.rental_per_gpu_hour_micro or None,
-        energy_per_kwh_micro=p.energy_per_kwh_micro,
-        pue=p.pue,
-        opex_per_month_micro=p.opex_per_node_month_micro // max(1, gpus_on_node),
-    )
+def price_capacity(capacity: list[dict[str, Any]], prices: Prices, shares: Mapping[str, DeviceShare]) -> list[dict[str, Any]]:
+    """The roofline's capacity rows (kernels.suite.capacity_rows) with their cost per million
+    tokens at full use, from the agent's cost model: the same prices and the same per-device
+    share as billing (a CPU on a GPU node: energy only), energy at the row's full-use watts."""
+    out = []
+    for row in capacity:
+        rate = capacity_rate_micro_per_s(prices, shares[row["device"]], row["watts"])
+        prefill = cost_per_mtok_micro(rate, row["prefill_tokens_per_s"])
+        decode = cost_per_mtok_micro(rate, row["decode_tokens_per_s"])
+        out.append({**row, "currency": prices.currency, "cost_rate_micro_per_s": float(rate),
+                    "cost_per_mtok_prefill_micro": prefill, "cost_per_mtok_decode_micro": decode,
+                    "cost_per_mtok_prefill": None if prefill is None else prefill / MICRO,
+                    "cost_per_mtok_decode": None if decode is None else decode / MICRO})
+    return out
 
 
 def bench(*, device: str | None = None, quick: bool = False, tiny: bool = False, db: str | None = None,
@@ -101,8 +100,7 @@ def bench(*, device: str | None = None, quick: bool = False, tiny: bool = False,
         store = open_store(db or config.store)
         stack.callback(store.close)
         node = stack.enter_context(closing(get_devices()))
-        gpus_on_node = sum(1 for d in node.devices if d.kind == "gpu")
-        prices = capacity_prices(config.prices, gpus_on_node)
+        shares = node_shares(node.devices)
         notes: list[str] = []
         plans = plan_devices(select_devices(node.devices, device), Sizes.choose(quick, tiny), notes)
         if not plans:
@@ -116,6 +114,7 @@ def bench(*, device: str | None = None, quick: bool = False, tiny: bool = False,
         except sqlite3.Error as e:
             raise store_error(e, store.path) from e
     return BenchResult(
-        run_id=run_id, rows=rows, capacity=capacity_rows(rows, profiles, prices, batch, context_tokens),
+        run_id=run_id, rows=rows,
+        capacity=price_capacity(capacity_rows(rows, profiles, batch, context_tokens), config.prices, shares),
         notes=notes, skipped={dt: why for p in plans for dt, why in p.skipped.items()},
-        versions=versions, currency=prices.currency)
+        versions=versions, currency=config.prices.currency)

@@ -15,8 +15,8 @@ from rich.table import Table
 from meterd.agent import runtime
 from meterd.agent.config import EXAMPLE, load_config
 from meterd.agent.costmodel import cost_per_mtok
-from meterd.agent.events import iso
 from meterd.agent.timeparse import parse_when
+from meterd.units import MICRO, iso
 
 log = logging.getLogger("meterd")
 
@@ -100,7 +100,7 @@ def windows_cmd(db_path, since, until, device, limit, as_json) -> None:
         flags = ",".join(r["flags"]) + (" gap %.1fs" % r["gap_s"] if r["gap_s"] >= 0.05 else "")
         t.add_row(r["start"], r["device"][:20], _f(r["energy_j"], 1), r["energy_source"] or "—",
                   _f(r["avg_power_w"], 1), _f(r["util_pct"], 0), str(r["prompt_tokens"]),
-                  str(r["completion_tokens"]), f"{r['cost_micro'] / 1e6:.6f}",
+                  str(r["completion_tokens"]), f"{r['cost_micro'] / MICRO:.6f}",
                   "—" if r["cost_per_mtok"] is None else f"{r['cost_per_mtok']:.4f}", flags)
     console().print(t)
 

@@ -16,20 +16,15 @@ import re
 import socket
 import tomllib
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable
 
 from meterd.errors import ConfigError
+from meterd.net import parse_listen
+from meterd.units import to_micro
 
-MICRO = 1_000_000
 SOURCE_KINDS = ("vllm", "sglang", "tgi", "llamacpp", "trtllm", "triton", "generic", "auto")
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-
-
-def to_micro(amount: float | int | str | Decimal) -> int:
-    """Currency units to integer micro-units, exactly for decimal literals."""
-    return int((Decimal(str(amount)) * MICRO).to_integral_value())
 
 
 @dataclass(frozen=True)
@@ -155,8 +150,12 @@ def _window(key: str, v: Any) -> int:
 
 def _listen(key: str, v: Any) -> str:
     v = _string(key, v)
-    if not re.fullmatch(r"(unix:.+|\[?[0-9A-Za-z.:-]*\]?:\d{1,5})", v):
-        raise ConfigError(f"{key}: expected HOST:PORT or unix:/path, got {v!r}")
+    if v.startswith("unix:") and len(v) > len("unix:"):
+        return v
+    try:
+        parse_listen(v)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e} (or unix:/path)") from None
     return v
 
 

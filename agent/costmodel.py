@@ -5,8 +5,12 @@ Formulas (docs/architecture.md, "Cost model"):
 - capex rate = (purchase price + share of node price − residual value) / depreciation seconds,
   or the rental price per GPU-hour / 3600 when the hardware is rented;
 - opex rate = fixed costs per node per month / billable devices / seconds per month;
-- energy cost = energy_J × PUE / 3.6e6 × price per kWh at that time (time-of-use);
-- window cost = (capex rate + opex rate) × Δt + energy cost.
+- energy cost = energy_J × PUE / J_PER_KWH × price per kWh at that time (time-of-use);
+- window cost = (capex rate + opex rate) × Δt + energy cost;
+- capacity (ceiling) rate of a device at full use, for ``meter bench``: the same capex and opex
+  rates for the same device share, plus its full-use watts × PUE / J_PER_KWH × the base energy
+  price (time-of-use left out: a ceiling, not a bill). A CPU on a GPU node is billed energy
+  only, so its capacity is priced at energy only too.
 
 Money is integer micro-units. Rates are exact fractions; each window's components are rounded
 once (half to even) and the total is their sum, so a period's cost is exactly the sum of its
@@ -20,14 +24,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from decimal import Decimal
 from fractions import Fraction
-from typing import Hashable, Sequence
+from typing import Any, Hashable, Iterable, Sequence
 from zoneinfo import ZoneInfo
 
 from meterd.agent.config import DAYS, Prices
+from meterd.units import J_PER_KWH, MICRO
 
 SECONDS_PER_YEAR = Fraction(36525 * 864)  # 365.25 days
 SECONDS_PER_MONTH = SECONDS_PER_YEAR / 12
-J_PER_KWH = 3_600_000
 
 
 def _frac(x: float | int) -> Fraction:
@@ -52,6 +56,14 @@ class DeviceShare:
         if gpus_on_node:
             return DeviceShare(device_is_gpu, device_is_gpu, gpus_on_node)
         return DeviceShare(False, True, 1)
+
+
+def node_shares(devices: Iterable[Any]) -> dict[str, DeviceShare]:
+    """Each of the node's devices (anything with ``id`` and ``kind``) with its share: what
+    billing and the bench's capacity cost both use."""
+    devices = list(devices)
+    gpus = sum(1 for d in devices if d.kind == "gpu")
+    return {d.id: DeviceShare.for_node(d.kind == "gpu", gpus) for d in devices}
 
 
 @dataclass(frozen=True)
@@ -225,6 +237,21 @@ def split_cost(cost: Cost, usage: Sequence[tuple[Hashable, int, int]], prefill_s
         for i, u in enumerate(usage)
     ]
     return prompt_micro, completion_micro, rows
+
+
+def capacity_rate_micro_per_s(prices: Prices, share: DeviceShare, watts: float | None) -> Fraction:
+    """What one device costs per second of full use (exact micro-units): the capex and opex
+    rates billing charges this device, plus energy at ``watts`` (None: unknown, no energy)."""
+    energy = _frac(watts or 0.0) * _frac(prices.pue) / J_PER_KWH * prices.energy_per_kwh_micro
+    return capex_micro_per_s(prices, share) + opex_micro_per_s(prices, share) + energy
+
+
+def cost_per_mtok_micro(rate_micro_per_s: Fraction, tokens_per_s: float) -> int | None:
+    """Micro-units per million tokens at ``rate_micro_per_s`` and ``tokens_per_s`` (rounded
+    half to even); None at no tokens."""
+    if tokens_per_s <= 0:
+        return None
+    return round(rate_micro_per_s * MICRO / _frac(tokens_per_s))
 
 
 def cost_per_mtok(cost_micro: int, tokens: int) -> float | None:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Protocol
 import httpx
 
 from meterd.agent.config import Config, ConfigError, SourceConfig
-from meterd.agent.costmodel import DeviceShare
+from meterd.agent.costmodel import node_shares
 from meterd.agent.ledger import price_window
 from meterd.agent.metrics import AgentState
 from meterd.agent.sampler import Clocks, ConcurrentReader, ProbeHealth, Schedule, ticks
@@ -126,8 +126,7 @@ class Agent:
         self.http = http or httpx.Client()
         self.tracker = CounterTracker()
         self.devices = {d.id: d for d in node.devices}
-        n_gpus = sum(1 for d in node.devices if d.kind == "gpu")
-        self.shares = {d.id: DeviceShare.for_node(d.kind == "gpu", n_gpus) for d in node.devices}
+        self.shares = node_shares(node.devices)
         self._set_sources(config)
         self.max_gap_s = max(3 * config.interval_s, config.interval_s + 2.0)
         self.builders: dict[str, WindowBuilder] = {}

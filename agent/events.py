@@ -8,27 +8,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timezone
 from typing import Any
+
+from meterd.units import iso
 
 EVENT_TYPE = "meterd.window.v1"
 BATCH_CONTENT_TYPE = "application/cloudevents-batch+json"
 METERD_NAMESPACE = uuid.UUID("5b0a3f52-9a6c-4c8e-8f0e-6d1f0e3b7a21")
-
-
-def iso(ts: float) -> str:
-    """UTC ISO-8601 with a Z, to the millisecond when the time has a fraction."""
-    dt = datetime.fromtimestamp(ts, timezone.utc)
-    spec = "seconds" if dt.microsecond == 0 else "milliseconds"
-    return dt.isoformat(timespec=spec).replace("+00:00", "Z")
-
-
-def parse_iso(text: str) -> float:
-    """Unix seconds from an ISO-8601 time (Z or an offset; naive means UTC)."""
-    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
 
 
 def event_id(node: str, device: str, start: float) -> str:

@@ -18,6 +18,9 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from meterd.net import parse_listen
+from meterd.units import MICRO
+
 
 @dataclass
 class DeviceTotals:
@@ -75,7 +78,7 @@ class AgentCollector(Collector):
                 energy.add_metric(lab, d.energy_j)
                 tokens.add_metric(lab + ["prompt"], d.prompt_tokens)
                 tokens.add_metric(lab + ["completion"], d.completion_tokens)
-                cost.add_metric(lab + [cur], d.cost_micro / 1e6)
+                cost.add_metric(lab + [cur], d.cost_micro / MICRO)
                 w = d.last
                 if w is None:
                     continue
@@ -83,7 +86,7 @@ class AgentCollector(Collector):
                     power.add_metric(lab, w["avg_power_w"])
                 if w["util_pct"] is not None:
                     util.add_metric(lab, w["util_pct"] / 100.0)
-                wcost.add_metric(lab + [cur], w["cost_micro"] / 1e6)
+                wcost.add_metric(lab + [cur], w["cost_micro"] / MICRO)
                 toks = w["prompt_tokens"] + w["completion_tokens"]
                 if toks:
                     per_mtok.add_metric(lab + [cur], w["cost_micro"] / toks)
@@ -115,11 +118,6 @@ class AgentCollector(Collector):
             depth.add_metric(["pending"], pending)
             depth.add_metric(["quarantined"], quarantined)
             yield depth
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 class MetricsServer:

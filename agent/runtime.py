@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from meterd.agent.config import Config, ConfigError, _listen, _window, default_config, load_config, parse_source_flag
+from meterd.net import parse_listen
 
 if TYPE_CHECKING:
     from meterd.agent.daemon import Agent, RunSummary
@@ -109,8 +110,7 @@ def start_push(listen: str) -> "PushEndpoint":
         if listen.startswith("unix:"):
             endpoint = PushEndpoint(uds=listen[len("unix:"):])
         else:
-            host, _, port = listen.rpartition(":")
-            endpoint = PushEndpoint(host.strip("[]") or "127.0.0.1", int(port))
+            endpoint = PushEndpoint(*parse_listen(listen))
         endpoint.start()
     except (ValueError, OSError, RuntimeError) as e:
         raise ConfigError(f"push endpoint {listen}: {e}") from None

@@ -35,7 +35,7 @@ import httpx
 from meterd.agent.events import BATCH_CONTENT_TYPE, window_event
 from meterd.agent.store import Store
 from meterd.errors import ShipError
-from meterd.probes.net import is_loopback
+from meterd.net import is_loopback
 
 log = logging.getLogger(__name__)
 

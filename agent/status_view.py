@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.table import Table
 
-from meterd.agent.events import iso
+from meterd.units import iso
 from meterd.probes.readings import DeviceSample, Reading
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from meterd.agent.events import parse_iso
+from meterd.units import parse_iso
 from meterd.errors import TimeParseError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}

@@ -30,6 +30,7 @@ from meterd.agent.events import event_id  # noqa: E402
 from meterd.agent.store import Store  # noqa: E402
 from meterd.reports.aggregate import aggregate  # noqa: E402
 from meterd.reports.query import Filters, read_store  # noqa: E402
+from meterd.units import J_PER_KWH  # noqa: E402
 
 START = 1_764_547_200.0  # 2025-12-01T00:00:00Z
 GPUS = 8
@@ -60,7 +61,7 @@ def window_rows(minutes: int, first_id: int = 1, node: str = "node-1", start: fl
             watts = 120.0 if idle else 250.0 + 400.0 * load * ((h % 97) / 96)
             energy_j = watts * 60
             capex, opex = 21_390, 1_140  # micro per minute (a ~30 k GPU over 4 years, opex)
-            energy_micro = round(energy_j * 1.3 / 3.6e6 * 120_000)
+            energy_micro = round(energy_j * 1.3 / J_PER_KWH * 120_000)
             total = capex + opex + energy_micro
             device = f"GPU-{g}"
             if idle:

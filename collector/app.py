@@ -20,7 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from meterd.agent.events import BATCH_CONTENT_TYPE, iso
+from meterd.agent.events import BATCH_CONTENT_TYPE
+from meterd.units import iso
 from meterd.collector.auth import Principal, authenticate
 from meterd.collector.export import parse_bound, ratios
 from meterd.collector.store import GROUP_KEYS, CollectorStore, Query

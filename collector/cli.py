@@ -11,11 +11,12 @@ from pathlib import Path
 
 import click
 
-from meterd.agent.events import iso
 from meterd.collector.app import DEFAULT_MAX_BODY_BYTES, create_app
 from meterd.collector.auth import create_token
 from meterd.collector.export import PERIODS, billing_rows, parse_bound, render_csv, render_json
 from meterd.collector.store import Query, SQLiteStore
+from meterd.net import parse_listen
+from meterd.units import iso
 
 DEFAULT_LISTEN = "127.0.0.1:8650"
 
@@ -23,14 +24,6 @@ _db_option = click.option(
     "--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
     help="The collector's SQLite database (default: $STATE_DIRECTORY/collector.db under systemd, "
          "else ~/.local/share/meterd/collector.db).")
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6addr]:PORT`` for IPv6) -> (host, port)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise click.BadParameter(f"expected HOST:PORT, not {text!r}", param_hint="--listen")
-    return host.strip("[]"), int(port)
 
 
 def _exit_cleanly(signum, frame) -> None:
@@ -56,7 +49,10 @@ def serve(db: Path | None, listen: str, max_body: int, certfile: str | None, key
     """Serve POST /api/v1/events, the query API and /healthz until interrupted."""
     import uvicorn  # only the server needs it
 
-    host, port = parse_listen(listen)
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--listen") from None
     if (certfile is None) != (keyfile is None):
         raise click.UsageError("--certfile and --keyfile go together")
     store = SQLiteStore(db)

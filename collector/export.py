@@ -12,10 +12,8 @@ import json
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any, Iterable, Sequence
 
-from meterd.agent.events import iso, parse_iso
+from meterd.units import J_PER_KWH, MICRO, iso, parse_iso
 
-MICRO = 1_000_000
-J_PER_KWH = 3.6e6
 PERIODS = ("hour", "day", "month")
 EXPORT_COLUMNS = (
     "period", "period_start", "node", "model", "currency", "windows", "prompt_tokens",

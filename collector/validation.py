@@ -19,12 +19,12 @@ import json
 import math
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
 
 from meterd.agent.events import EVENT_TYPE, METERD_NAMESPACE, event_id
+from meterd.units import parse_iso
 
 MAX_INT = 2**63 - 1  # SQLite INTEGER
 ENERGY_SOURCES = ("counter", "integrated", "estimated")
@@ -126,12 +126,9 @@ def parse_time(text: Any) -> float | None:
     if not isinstance(text, str):
         return None
     try:
-        dt = datetime.fromisoformat(text)
+        return parse_iso(text, naive_is_utc=False)
     except ValueError:
         return None
-    if dt.tzinfo is None:
-        return None
-    return dt.timestamp()
 
 
 def _time(errs: _Errors, obj: dict, key: str, where: str) -> float | None:

@@ -1,7 +1,9 @@
-"""The roofline and the capacity cost (pure: values in, values out).
+"""The roofline (pure: values in, values out).
 
 From the measured FLOP/s and bytes/s of a device and a model profile, predict the tokens per
-second the device could reach, and from the prices, the cost per million tokens at full use:
+second the device could reach at full use. What those tokens cost is the agent's cost model's
+business (agent/costmodel.py ``capacity_rate_micro_per_s``: the same prices and the same
+per-device share as billing); kernels/ computes throughput only.
 
 - prefill is compute-bound: ``2 · active_params`` FLOP per prompt token (attention FLOPs
   ignored), so prefill tokens/s = FLOP/s / (2 · active_params);
@@ -21,8 +23,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
-
-from meterd.kernels.prices import MONTH_S, Prices
 
 DEFAULT_BATCH = 64
 DEFAULT_CONTEXT_TOKENS = 2048
@@ -131,32 +131,13 @@ def decode_tokens_per_s(profile: ModelProfile, batch: int, context_tokens: int, 
     return batch / decode_step_s(profile, batch, context_tokens, flops_per_s, bytes_per_s)
 
 
-# -- capacity cost ----------------------------------------------------------------------------
-
-
-def cost_rate_micro_per_s(prices: Prices, watts: float | None) -> float:
-    """What the device costs per second of full use, in micro-units (a float: a rate, not a
-    stored amount): capital (rental, or depreciation over the period) + operations + energy at
-    ``watts`` × PUE × tariff. Unknown watts add no energy cost."""
-    if prices.rental_per_hour_micro is not None:
-        capital = prices.rental_per_hour_micro / 3600
-    else:
-        capital = (prices.purchase_micro - prices.residual_micro) / prices.depreciation_s
-    opex = prices.opex_per_month_micro / MONTH_S
-    energy = (watts or 0.0) * prices.pue / 3.6e6 * prices.energy_per_kwh_micro
-    return capital + opex + energy
-
-
-def cost_per_mtok_micro(rate_micro_per_s: float, tokens_per_s: float) -> int | None:
-    """Micro-units per million tokens at ``tokens_per_s`` (rounded half up); None at zero rate."""
-    if tokens_per_s <= 0:
-        return None
-    return int(rate_micro_per_s / tokens_per_s * 1e6 + 0.5)
+# -- capacity ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Capacity:
-    """The ceiling one device reaches on one model. Costs in micro-units per million tokens."""
+    """The ceiling one device reaches on one model: tokens/s at full use, and the watts the
+    bench measured there (None: unknown)."""
 
     model: str
     batch: int
@@ -166,23 +147,14 @@ class Capacity:
     watts: float | None
     prefill_tokens_per_s: float
     decode_tokens_per_s: float
-    cost_per_mtok_prefill_micro: int | None
-    cost_per_mtok_decode_micro: int | None
-    currency: str
 
 
-def capacity(profile: ModelProfile, flops_per_s: float, bytes_per_s: float, prices: Prices,
-             watts: float | None, batch: int = DEFAULT_BATCH,
-             context_tokens: int = DEFAULT_CONTEXT_TOKENS) -> Capacity:
-    """Tokens/s and cost per million tokens at full use of one device for ``profile``."""
-    prefill = prefill_tokens_per_s(profile, flops_per_s)
-    decode = decode_tokens_per_s(profile, batch, context_tokens, flops_per_s, bytes_per_s)
-    rate = cost_rate_micro_per_s(prices, watts)
+def capacity(profile: ModelProfile, flops_per_s: float, bytes_per_s: float, watts: float | None,
+             batch: int = DEFAULT_BATCH, context_tokens: int = DEFAULT_CONTEXT_TOKENS) -> Capacity:
+    """Prefill and decode tokens/s at full use of one device for ``profile``."""
     return Capacity(
         model=profile.name, batch=batch, context_tokens=context_tokens, flops_per_s=flops_per_s,
-        bytes_per_s=bytes_per_s, watts=watts, prefill_tokens_per_s=prefill,
-        decode_tokens_per_s=decode,
-        cost_per_mtok_prefill_micro=cost_per_mtok_micro(rate, prefill),
-        cost_per_mtok_decode_micro=cost_per_mtok_micro(rate, decode),
-        currency=prices.currency,
+        bytes_per_s=bytes_per_s, watts=watts,
+        prefill_tokens_per_s=prefill_tokens_per_s(profile, flops_per_s),
+        decode_tokens_per_s=decode_tokens_per_s(profile, batch, context_tokens, flops_per_s, bytes_per_s),
     )

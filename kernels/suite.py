@@ -16,7 +16,6 @@ import numpy as np
 from meterd.kernels import gpu
 from meterd.kernels.base import Kernel, KernelUnavailable
 from meterd.kernels.cpu import cpu_kernels, llc_bytes
-from meterd.kernels.prices import Prices
 from meterd.kernels.roofline import DEFAULT_BATCH, DEFAULT_CONTEXT_TOKENS, ModelProfile, capacity
 from meterd.kernels.runner import Measurement, Runner, RunnerOptions
 from meterd.kernels.specs import DeviceSpec, lookup, pct_of_peak
@@ -162,10 +161,11 @@ def pick_ceilings(rows: list[Mapping[str, Any]], compute_dtype: str,
     return gemm, bw, watts
 
 
-def capacity_rows(rows: list[Mapping[str, Any]], profiles: Mapping[str, ModelProfile], prices: Prices,
+def capacity_rows(rows: list[Mapping[str, Any]], profiles: Mapping[str, ModelProfile],
                   batch: int = DEFAULT_BATCH, context_tokens: int = DEFAULT_CONTEXT_TOKENS) -> list[dict[str, Any]]:
-    """The capacity table: per device and model, tokens/s and the cost per million tokens at
-    full use (integer micro-units, plus a float for display)."""
+    """The capacity table's throughput: per device and model, prefill and decode tokens/s at
+    full use and the watts they assume (measured, or the datasheet TDP). No money: the agent
+    prices each row with its cost model (agent/bench_run.py)."""
     out = []
     devices = list(dict.fromkeys(r["device"] for r in rows))
     for dev in devices:
@@ -176,20 +176,13 @@ def capacity_rows(rows: list[Mapping[str, Any]], profiles: Mapping[str, ModelPro
             if picked is None:
                 continue
             gemm, bw, watts = picked
-            cap = capacity(profile, gemm["value"], bw["value"], prices, watts, batch, context_tokens)
-            row = asdict(cap)
+            row = asdict(capacity(profile, gemm["value"], bw["value"], watts, batch, context_tokens))
             row.update({
                 "device": dev, "flops_dtype": gemm["dtype"], "bytes_kernel": bw["kernel"],
                 "watts_source": "measured" if gemm.get("watts") else ("tdp" if watts else None),
-                "cost_per_mtok_prefill": _display(cap.cost_per_mtok_prefill_micro),
-                "cost_per_mtok_decode": _display(cap.cost_per_mtok_decode_micro),
             })
             out.append(row)
     return out
-
-
-def _display(micro: int | None) -> float | None:
-    return micro / 1e6 if micro is not None else None
 
 
 def library_versions(facts: list[Mapping[str, Any]], driver: str | None) -> dict[str, Any]:

@@ -45,7 +45,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 from meterd.errors import InvalidUsage
-from meterd.probes.net import is_loopback
+from meterd.net import is_loopback
 
 DEFAULT_MAX_BYTES = 1024 * 1024
 DEFAULT_MAX_RECORDS = 10_000

@@ -31,19 +31,17 @@ times the ceiling's price per token). Lower is better.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from functools import lru_cache
 from operator import itemgetter
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from meterd.agent.store_queries import IDLE_TIME
+from meterd.units import J_PER_KWH, iso
 from meterd.errors import ReportError
 
 GROUP_KEYS = ("node", "device", "model", "tenant", "hour", "day", "week")
 TIME_KEYS = {"hour": 3600, "day": 86400, "week": 7 * 86400}
 DEFAULT_BY = ("model", "device")
 IDLE = "(idle)"
-J_PER_KWH = 3.6e6
 #: Monday 1970-01-05T00:00:00Z: weeks start on Mondays, 00:00 UTC (ISO weeks).
 WEEK_EPOCH = 4 * 86400
 
@@ -78,11 +76,6 @@ def bucket(t: float, key: str) -> float:
     size = TIME_KEYS[key]
     offset = WEEK_EPOCH if key == "week" else 0
     return t - ((t - offset) % size)
-
-
-@lru_cache(maxsize=65_536)
-def iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def per_model(by: Sequence[str], model: str | None = None, tenant: str | None = None) -> bool:

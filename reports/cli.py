@@ -12,9 +12,10 @@ from typing import Callable, Sequence
 import click
 
 from meterd.agent.timeparse import parse_when
-from meterd.reports.aggregate import GROUP_KEYS, Cells, Report, aggregate, iso, parse_by
+from meterd.reports.aggregate import GROUP_KEYS, Cells, Report, aggregate, parse_by
 from meterd.reports.query import Filters, read_collector, read_store
 from meterd.sqlite_store import store_error
+from meterd.units import iso
 
 FORMATS = ("table", "json", "csv", "html")
 

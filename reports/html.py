@@ -113,7 +113,7 @@ def _time_label(span: float) -> Callable[[float], str]:
 def cost_chart(trend: Report) -> str:
     """Cost per Mtok over time: a line through the periods that served tokens."""
     key = trend.by[0]
-    from meterd.agent.events import parse_iso
+    from meterd.units import parse_iso
 
     pts = [(parse_iso(r[key]), r["cost_per_mtok"]) for r in trend.rows if r["cost_per_mtok"] is not None]
     if not pts:

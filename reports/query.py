@@ -24,11 +24,11 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
-from meterd.agent.events import parse_iso
 from meterd.agent.store import Store
 from meterd.agent.store_queries import DAY, HOUR, range_cells, window_span
 from meterd.errors import CollectorDown, CollectorRefused, EmptyStore, NoData, QueryError
-from meterd.reports.aggregate import IDLE, Ceiling, Cells, ReportError, iso, per_model
+from meterd.reports.aggregate import IDLE, Ceiling, Cells, ReportError, per_model
+from meterd.units import iso, parse_iso
 
 if TYPE_CHECKING:
     import httpx
@@ -105,7 +105,6 @@ def read_ceilings(store: Store, devices: Sequence[str]) -> tuple[dict[str, dict[
     if not any(runs.values()):
         return {}, []
     # Imported only when there is a bench: kernels/ brings NumPy.
-    from meterd.kernels.prices import DEFAULT_PRICES
     from meterd.kernels.roofline import all_profiles
     from meterd.kernels.suite import capacity_rows
 
@@ -113,7 +112,7 @@ def read_ceilings(store: Store, devices: Sequence[str]) -> tuple[dict[str, dict[
     ceilings: dict[str, dict[str, Ceiling]] = {}
     rows: list[dict] = []
     for device, bench in runs.items():
-        for r in capacity_rows(bench, profiles, DEFAULT_PRICES) if bench else []:
+        for r in capacity_rows(bench, profiles) if bench else []:
             prof = profiles[r["model"]]
             b, ctx = r["batch"], r["context_tokens"]
             # FLOP per byte of a decode step at the bench's batch and context: where the model

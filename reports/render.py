@@ -13,6 +13,7 @@ from rich import box
 from rich.table import Table
 
 from meterd.reports.aggregate import Report
+from meterd.units import MICRO
 
 #: Row fields after the group keys, in the order JSON and CSV give them.
 FIELDS = (
@@ -69,7 +70,7 @@ def _money(micro: int | None) -> str:
     """Currency units: cents from one unit up, four decimals below (a minute costs fractions)."""
     if micro is None:
         return "—"
-    return f"{micro / 1e6:,.2f}" if abs(micro) >= 1_000_000 else f"{micro / 1e6:,.4f}"
+    return f"{micro / MICRO:,.2f}" if abs(micro) >= MICRO else f"{micro / MICRO:,.4f}"
 
 
 def _num(v: float | None, digits: int, scale: float = 1.0) -> str:

@@ -5,7 +5,7 @@ package, and a loopback server costs a tenth of a second.)"""
 
 import pytest
 
-from meterd.agent.events import iso
+from meterd.units import iso
 from meterd.collector.auth import create_token
 from meterd.collector.validation import check_batch
 from tests.collector.conftest import T0, make_event

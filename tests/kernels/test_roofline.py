@@ -1,9 +1,8 @@
 import pytest
 
-from meterd.kernels.prices import DEFAULT_PRICES, MONTH_S, Prices
 from meterd.kernels.roofline import (
-    BUILTIN_PROFILES, ModelProfile, all_profiles, capacity, cost_per_mtok_micro, cost_rate_micro_per_s,
-    decode_step_s, decode_tokens_per_s, prefill_tokens_per_s, profile_from_dict,
+    BUILTIN_PROFILES, ModelProfile, all_profiles, capacity, decode_step_s, decode_tokens_per_s,
+    prefill_tokens_per_s, profile_from_dict,
 )
 
 LLAMA8 = BUILTIN_PROFILES["llama-3.1-8b"]
@@ -48,34 +47,13 @@ def test_moe_reads_only_the_active_experts_at_small_batch():
     assert step == pytest.approx(73728 * 1000 / 3e12 + 5.13e9 * 0.56 / 3e12)
 
 
-def test_cost_rate_capex_energy_opex_by_hand():
-    # (30,000 − 3,000) USD over 4 × 365.25 days = 27e9 µ$ / 126,230,400 s = 213.8946 µ$/s
-    capital = 27e9 / 126_230_400
-    # 700 W × PUE 1.3 = 910 W = 910/3.6e6 kWh/s × 120,000 µ$/kWh = 30.3333 µ$/s
-    energy = 700 * 1.3 / 3.6e6 * 120_000
-    assert cost_rate_micro_per_s(DEFAULT_PRICES, 700.0) == pytest.approx(capital + energy)
-    assert capital + energy == pytest.approx(244.2280, rel=1e-6)
-    assert cost_rate_micro_per_s(DEFAULT_PRICES, None) == pytest.approx(capital)
-    # rental 2.50 $/h = 694.444 µ$/s replaces the capital; opex 300 $/month
-    rented = Prices(rental_per_hour_micro=2_500_000, opex_per_month_micro=300_000_000)
-    assert cost_rate_micro_per_s(rented, 0.0) == pytest.approx(2_500_000 / 3600 + 300e6 / MONTH_S)
-
-
-def test_cost_per_mtok_is_integer_micro_units():
-    # 244.228 µ$/s over 5,000 tok/s = 0.0488456 µ$/token = 48,845.6 µ$/Mtok → 48,846
-    assert cost_per_mtok_micro(244.228, 5000.0) == 48846
-    assert cost_per_mtok_micro(244.228, 0.0) is None
-
-
-def test_capacity_by_hand():
-    cap = capacity(LLAMA8, FLOPS, BW, DEFAULT_PRICES, 700.0, batch=64, context_tokens=2048)
-    rate = 27e9 / 126_230_400 + 700 * 1.3 / 3.6e6 * 120_000  # 244.228 µ$/s
+def test_capacity_by_hand_is_throughput_only():
+    cap = capacity(LLAMA8, FLOPS, BW, 700.0, batch=64, context_tokens=2048)
     decode = 64 / (64 * 131072 * 2048 / 3e12 + 8.03e9 * 2 / 3e12)  # 5776.1 tok/s
     prefill = 1e15 / (2 * 8.03e9)  # 62266.5 tok/s
     assert cap.decode_tokens_per_s == pytest.approx(decode)
-    assert cap.cost_per_mtok_decode_micro == round(rate / decode * 1e6) == 42282  # $0.0423
-    assert cap.cost_per_mtok_prefill_micro == round(rate / prefill * 1e6) == 3922
-    assert isinstance(cap.cost_per_mtok_decode_micro, int) and cap.currency == "USD"
+    assert cap.prefill_tokens_per_s == pytest.approx(prefill)
+    assert cap.watts == 700.0 and not any("cost" in k or "currency" in k for k in vars(cap))
 
 
 def test_user_profiles_from_config():
