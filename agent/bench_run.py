@@ -77,6 +77,16 @@ def price_capacity(capacity: list[dict[str, Any]], prices: Prices, shares: Mappi
     return out
 
 
+def gpu_rows_note(reason: str | None) -> str:
+    """Why a bench on this node has no GPU rows (there is no GPU to measure)."""
+    import importlib.util
+
+    why = reason or "no GPU found"
+    if importlib.util.find_spec("cupy") is None:
+        why += "; CuPy is not installed either (pip install 'meterd[gpu]' on a GPU node)"
+    return f"GPU rows left out: {why}"
+
+
 def bench(*, device: str | None = None, quick: bool = False, tiny: bool = False, db: str | None = None,
           config: Config | None = None, config_path: str | None = None, model: str | None = None,
           batch: int = DEFAULT_BATCH, context_tokens: int = DEFAULT_CONTEXT_TOKENS,
@@ -103,6 +113,8 @@ def bench(*, device: str | None = None, quick: bool = False, tiny: bool = False,
         shares = node_shares(node.devices)
         notes: list[str] = []
         plans = plan_devices(select_devices(node.devices, device), Sizes.choose(quick, tiny), notes)
+        if gpus_on_node == 0 and device is None:
+            notes.append(gpu_rows_note(node.gpus.reason))
         if not plans:
             raise InputError("nothing to benchmark: " + "; ".join(notes))
         at = time.time()

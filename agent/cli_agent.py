@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import click
-from meterd.agent.ui import console
+from meterd.agent.ui import console, write_error
 from rich.table import Table
 
 from meterd.agent import runtime
@@ -45,6 +45,8 @@ def agent_cmd(config_path, duration, db_path, interval, window, sources, metrics
     root = logging.getLogger()
     root.setLevel(min(root.level, logging.INFO))
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per scrape is not an event
+    if token_file and not (ship_url or (config_path and _load(config_path).ship_url)):
+        raise click.UsageError("--token-file is the sink's token: it goes with --ship URL (or [ship] url in the config)")
     overrides = runtime.Overrides(store=db_path, interval_s=interval, window_s=window, sources=sources,
                                   metrics_listen=metrics_listen, ship_url=ship_url, ship_token_file=token_file)
     run = runtime.run_agent(config_path, overrides, duration_s=duration, handle_signals=True)
@@ -83,6 +85,7 @@ def windows_cmd(db_path, since, until, device, limit, as_json) -> None:
     try:
         last = DEFAULT_LAST_WINDOWS if since is None and limit is None else None
         rows = [window_json(w) for w in store.windows(t0, t1, device, limit, last=last)]
+        known = store.device_ids() if device is not None and not rows else None
     finally:
         store.close()
     if last is not None and len(rows) == last:
@@ -91,7 +94,13 @@ def windows_cmd(db_path, since, until, device, limit, as_json) -> None:
         click.echo(json.dumps(rows))
         return
     if not rows:
-        click.echo("no windows stored" + (" in that range" if since or until else " yet: run `meter agent`"), err=True)
+        if known == []:
+            click.echo("no windows stored yet: run `meter agent`", err=True)
+        elif known is not None and device not in known:
+            raise click.ClickException(f"no device {device!r} in the store; its devices: {', '.join(known)}")
+        else:
+            click.echo("no windows stored" + (f" for {device}" if device else "")
+                       + (" in that range" if since or until else " yet: run `meter agent`"), err=True)
         return
     t = Table()
     for c in ("start", "device", "energy J", "source", "W", "util %", "prompt", "completion", "cost", "per Mtok", "flags"):
@@ -125,7 +134,10 @@ def config_init(path, force) -> None:
     p = Path(path)
     if p.exists() and not force:
         raise click.ClickException(f"{p} exists: use --force to overwrite it")
-    p.write_text(EXAMPLE)
+    try:
+        p.write_text(EXAMPLE)
+    except OSError as e:
+        raise click.ClickException(write_error(p, e)) from None
     click.echo(f"wrote {p}", err=True)
 
 
@@ -176,14 +188,23 @@ def outbox_group(ctx, db_path, as_json) -> None:
 
 
 @outbox_group.command("retry")
-@click.argument("ids", nargs=-1, type=int)
+@click.argument("ids", nargs=-1, type=click.IntRange(min=1), metavar="[ID]...")
+@click.option("--db", "db_path", type=click.Path(dir_okay=False), help="SQLite store (default: the agent's).")
 @click.pass_context
-def outbox_retry(ctx, ids) -> None:
-    """Put quarantined windows (all, or these ids) back in the outbox; the agent sends them again."""
+def outbox_retry(ctx, ids, db_path) -> None:
+    """Put quarantined windows (all, or these ids from `meter outbox`) back in the outbox; the
+    agent sends them again."""
     from meterd.agent.store import open_store
 
-    store = open_store(ctx.obj.get("db"), create=False)
+    store = open_store(db_path or ctx.obj.get("db"), create=False)
     try:
+        if ids:
+            states = store.outbox_states(ids)
+            wrong = [f"#{i} " + ("does not exist" if i not in states else f"is {states[i]}, not quarantined")
+                     for i in dict.fromkeys(ids) if states.get(i) != "quarantined"]
+            if wrong:
+                raise click.ClickException(f"window {'; '.join(wrong)}: nothing retried "
+                                           "(`meter outbox` lists the quarantined windows)")
         n = store.retry_quarantined(list(ids) if ids else None)
     finally:
         store.close()

@@ -123,9 +123,9 @@ def bench(device_id: str | None, quick: bool, as_json: bool, db: str | None, mod
         if cap:
             out.print(capacity_table(cap))
     for dt, why in result.skipped.items():
-        out.print(f"not measured: {dt}: {why}")
+        out.print(f"not measured: {dt}: {why}", markup=False)
     for note in result.notes:
-        out.print(note)
+        out.print(note, markup=False)  # a note may hold brackets: pip install 'meterd[gpu]'
     out.print(f"W: ctr = energy counter, int = integrated power, est = estimated. Money in "
               f"{result.currency}, {'prices of ' + config_path if config_path else 'default prices (meter config init)'}; "
               f"decode at batch {batch}, context {context_tokens} tokens.")

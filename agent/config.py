@@ -311,9 +311,13 @@ def _source(i: int, s: Any) -> SourceConfig:
 def load_config(path: str | Path) -> Config:
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{p}: config file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a directory, not a config file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not a TOML config: byte {e.start} is not UTF-8 text") from None
     except OSError as e:
         raise ConfigError(f"{p}: cannot read config: {e.strerror}") from None
     try:
@@ -350,7 +354,8 @@ capex_per_gpu = 25000.0               # purchase price of one accelerator
 capex_per_node = 10000.0              # the rest of the server, shared by its GPUs
 residual_fraction = 0.10              # value left at the end of depreciation
 depreciation_years = 4.0
-# rental_per_gpu_hour = 2.50          # rented hardware: replaces the capex lines above
+# rental_per_gpu_hour = 2.50          # rented hardware: when set, it replaces capex_per_gpu,
+#                                     # capex_per_node, residual_fraction and depreciation_years
 energy_per_kwh = 0.12
 pue = 1.3                             # facility power / IT power
 opex_per_node_month = 300.0           # support, network, space: shared by the node's GPUs
@@ -374,7 +379,8 @@ tariff_timezone = "UTC"
 
 # Model profiles for the roofline (`meter bench` capacity, `meter report`), beside the built-in
 # llama-3.1-8b, llama-3.1-70b and gpt-oss-120b:
-# [models.qwen2.5-32b]
+# (a name with a dot in it is quoted: [models."NAME"])
+# [models."qwen2.5-32b"]
 # total_params = 32.8e9
 # active_params = 32.8e9
 # layers = 64

@@ -114,7 +114,7 @@ def start_push(listen: str) -> "PushEndpoint":
         endpoint.start()
     except (ValueError, OSError, RuntimeError) as e:
         raise ConfigError(f"push endpoint {listen}: {e}") from None
-    log.info("push endpoint for usage records on %s", listen)
+    log.info("push endpoint for usage records on %s", listen if endpoint.uds else endpoint.url + "/v1/usage")
     return endpoint
 
 
@@ -194,10 +194,12 @@ def open_runtime(config: Config, *, reload_config: Callable[[], Config] | None =
         if config.metrics_listen:
             try:
                 metrics = MetricsServer(state, config.metrics_listen)
-            except OSError as e:
-                raise ConfigError(f"--metrics {config.metrics_listen}: cannot listen: {e.strerror}") from None
+            except (OSError, OverflowError) as e:
+                why = getattr(e, "strerror", None) or e
+                raise ConfigError(f"--metrics {config.metrics_listen}: cannot listen: {why}") from None
             stack.callback(metrics.close)
-            log.info("Prometheus metrics on http://%s/metrics", config.metrics_listen)
+            host = config.metrics_listen.rpartition(":")[0] or "127.0.0.1"
+            log.info("Prometheus metrics on http://%s:%d/metrics", host, metrics.port)  # port 0: the one bound
         shipper = None
         if token is not None:
             from meterd.agent.shipper import ShipperThread

@@ -278,6 +278,10 @@ class Store:
             sql += f" LIMIT {int(limit)}"
         return list(self.db.query(sql, args))
 
+    def device_ids(self) -> list[str]:
+        """The devices that have windows in the store."""
+        return [r[0] for r in self.conn.execute("SELECT DISTINCT device FROM windows ORDER BY device")]
+
     # -- the outbox -----------------------------------------------------------------------------
 
     def pending_windows(self, limit: int) -> list[dict[str, Any]]:
@@ -308,6 +312,16 @@ class Store:
         return list(self.db.query(
             "SELECT id, node, device, start, end, event_id, quarantine_reason FROM windows"
             " WHERE shipped_at IS NULL AND quarantine_reason IS NOT NULL ORDER BY id"))
+
+    def outbox_states(self, ids: Iterable[int]) -> dict[int, str]:
+        """Where each of these windows stands: ``shipped``, ``quarantined`` or ``pending``
+        (an id with no window is left out)."""
+        out = {}
+        for i in ids:
+            row = self.conn.execute("SELECT shipped_at, quarantine_reason FROM windows WHERE id = ?", [i]).fetchone()
+            if row is not None:
+                out[i] = "shipped" if row[0] is not None else "quarantined" if row[1] is not None else "pending"
+        return out
 
     def retry_quarantined(self, ids: list[int] | None = None) -> int:
         """Put quarantined windows back in the outbox (all, or these ids)."""

@@ -102,7 +102,7 @@ def parse_body(body: bytes, max_records: int = DEFAULT_MAX_RECORDS) -> list[Usag
     if isinstance(doc, list):
         if len(doc) > max_records:
             raise InvalidUsage(f"{len(doc)} records in one body; at most {max_records}")
-        return [_record(item, f"record {i}") for i, item in enumerate(doc)]
+        return [_record(item, f"record {i} of {len(doc)}") for i, item in enumerate(doc, 1)]
     raise InvalidUsage("the body must be a JSON object (one record) or a list of records")
 
 

@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import click
 
 from meterd.agent.timeparse import parse_when
+from meterd.agent.ui import write_error
 from meterd.reports.aggregate import GROUP_KEYS, Cells, Report, aggregate, parse_by
 from meterd.reports.query import Filters, read_collector, read_store
 from meterd.sqlite_store import store_error
@@ -107,8 +108,12 @@ def report(db, collector, token_file, since, until, by, node, device, model, ten
         con = console()
         need = Measurement.get(con, con.options.update(max_width=1000), table).maximum
         if output:
-            with open(output, "w") as fh:
-                Console(file=fh, width=need).print(table)
+            try:
+                with open(output, "w") as fh:
+                    Console(file=fh, width=need).print(table)
+            except OSError as e:
+                raise click.ClickException(write_error(output, e)) from None
+            click.echo(f"wrote {output}", err=True)
         elif not con.is_terminal:
             Console(width=max(need, con.width)).print(table)
         else:
@@ -132,7 +137,10 @@ def report(db, collector, token_file, since, until, by, node, device, model, ten
 
         text = render_csv(rep)
     if output:
-        Path(output).write_text(text)
+        try:
+            Path(output).write_text(text)
+        except OSError as e:
+            raise click.ClickException(write_error(output, e)) from None
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text, nl=False)

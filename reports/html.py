@@ -185,17 +185,24 @@ def roofline_chart(capacity: Sequence[dict[str, Any]], points: Report) -> str:
             (ai_hi, min(flops, bw * ai_hi))]
         d = " ".join(f"{'M' if j == 0 else 'L'}{x(a):.1f},{y(max(v, 10 ** y.lo)):.1f}" for j, (a, v) in enumerate(pts))
         out.append(f'<path d="{d}" fill="none" stroke="{c}" stroke-width="2"/>')
+    outside = []
     for dev, model, ai, achieved in live:
         if achieved <= 0:
             continue
         c = COLOURS[devices.index(dev) % len(COLOURS)] if dev in devices else "#000"
-        px, py = x(ai), y(max(achieved, 10 ** y.lo))
+        if achieved > 10 ** y.hi:  # above 3x the device's measured peak: drawn at the top edge
+            outside.append(f"{model} on {dev} at {_fmt(achieved)}FLOP/s")
+        px, py = x(ai), y(min(max(achieved, 10 ** y.lo), 10 ** y.hi))
         out.append(f'<circle cx="{px:.1f}" cy="{py:.1f}" r="5" fill="{c}" stroke="#000"/>'
                    f'<text x="{px + 8:.1f}" y="{py + 4:.1f}" class="t">{_e(model)}</text>')
     out.append("</svg>")
     note = ("Lines: attainable FLOP/s = min(peak GEMM FLOP/s, intensity × measured bandwidth) from "
             "the latest bench. Points: achieved FLOP/s = 2 × active params × tokens/s over the "
             "model's serving time, at the model's decode intensity (bench batch and context).")
+    if outside:
+        note += (f" Outside the plot, drawn at its top edge: {'; '.join(outside)}, above three times the "
+                 "device's measured peak, which no device attains: check the model's profile (active "
+                 "params) and the server's token counts.")
     return "".join(out) + f'<div class="legend">{_legend(devices)}</div><p class="note">{_e(note)}</p>'
 
 

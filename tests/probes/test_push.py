@@ -43,7 +43,7 @@ def test_one_record_or_a_list():
     (b"[" * 100_000 + b"]" * 100_000, "not JSON"),                    # nested too deep
     (body("hello"), "a JSON object"),
     (body(42), "a JSON object"),
-    (body([REC, 5]), "record 1: must be a JSON object"),
+    (body([REC, 5]), "record 2 of 2: must be a JSON object"),
     (body({"prompt_tokens": 1, "completion_tokens": 1}), "model is required"),
     (body({**REC, "completion_tokens": None}), "completion_tokens must be a whole number"),
     (body({**REC, "prompt_tokens": "120"}), "prompt_tokens must be a whole number"),
@@ -59,7 +59,7 @@ def test_one_record_or_a_list():
     (body({**REC, "tenant": "a\nb"}), "control characters"),
     (body({**REC, "request_id": 42}), "request_id must be a non-empty string"),
     (body({**REC, "prompt_token": 5}), "unknown field 'prompt_token'"),
-    (body([REC, REC, {**REC, "prompt_tokens": -5}]), "record 2: prompt_tokens"),
+    (body([REC, REC, {**REC, "prompt_tokens": -5}]), "record 3 of 3: prompt_tokens"),  # counted from 1
 ])
 def test_invalid_bodies_are_named(raw, message):
     with pytest.raises(InvalidUsage, match=message) as e:
@@ -165,7 +165,7 @@ def test_push_retries_count_once(endpoint, client):
 def test_a_bad_batch_is_refused_whole_with_a_clear_error(endpoint, client):
     r = client.post("/v1/usage", json=[{**REC, "request_id": "ok-1"}, {**REC, "prompt_tokens": -3}])
     assert r.status_code == 400
-    assert r.json() == {"error": "record 1: prompt_tokens must be between 0 and 1,000,000,000, not -3"}
+    assert r.json() == {"error": "record 2 of 2: prompt_tokens must be between 0 and 1,000,000,000, not -3"}
     assert endpoint.drain() == {}
     # the good record was not remembered either: the fixed batch counts it
     assert client.post("/v1/usage", json=[{**REC, "request_id": "ok-1"}]).json()["accepted"] == 1

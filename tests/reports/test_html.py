@@ -51,3 +51,24 @@ def test_headless_chromium_renders_the_page_offline(tmp_path):
     width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
     assert (width, height) == (1400, 1800)
     assert len(png) > 50_000  # charts and a table, not a blank page
+
+
+def test_roofline_points_outside_the_plot_are_noted():
+    from meterd.reports.aggregate import Report
+    from meterd.reports.html import roofline_chart
+
+    cap = [{"device": "GPU-0", "model": "llama-3.1-8b", "flops_per_s": 1e15, "bytes_per_s": 3e12,
+            "decode_intensity": 50.0, "active_params": 8e9}]
+
+    def points(tokens_per_s):
+        return Report(by=["device", "model"], currency="USD", per_model=True, totals={}, rows=[
+            {"device": "GPU-0", "model": "llama-3.1-8b", "tokens": tokens_per_s * 100, "seconds": 100.0}])
+
+    inside = roofline_chart(cap, points(10_000))  # 1.6e14 FLOP/s: under the roof
+    assert "Outside the plot" not in inside
+    # 1e6 tokens/s of an 8B model: 1.6e16 FLOP/s, 16x the measured peak (a wrong profile or count)
+    page = roofline_chart(cap, points(1_000_000))
+    assert "Outside the plot, drawn at its top edge: llama-3.1-8b on GPU-0 at 16PFLOP/s" in page
+    (cy,) = re.findall(r'<circle cx="[\d.]+" cy="([\d.]+)"', page)
+    top = min(float(v) for v in re.findall(r'<rect x="\d+" y="(\d+)"', page))
+    assert float(cy) >= top  # drawn on the plot, at its edge, not above it
