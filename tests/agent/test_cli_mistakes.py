@@ -8,7 +8,6 @@ import json
 import logging
 import re
 import shutil
-import sqlite3
 
 import pytest
 from click.testing import CliRunner
@@ -164,14 +163,6 @@ def test_report_output_into_a_read_only_directory(fleet_db, tmp_path, fmt):
     with readonly_bind(tmp_path / "out") as ro:
         one_line(invoke("report", "--db", str(fleet_db), "--format", fmt, "--output", str(ro / "r")),
                  f"cannot write {ro / 'r'}", "Read-only file system")
-
-
-def test_bench_on_a_store_of_a_newer_schema(tmp_path):
-    db = tmp_path / "new.db"
-    c = sqlite3.connect(db)
-    c.execute("PRAGMA user_version = 99")
-    c.close()
-    one_line(invoke("bench", "--tiny", "--device", "cpu", "--db", str(db)), str(db), "newer", "upgrade meterd")
 
 
 def test_bench_without_cupy_or_nvml_notes_the_gpu_rows_left_out(tmp_path):
