@@ -213,9 +213,13 @@ def open_runtime(config: Config, *, reload_config: Callable[[], Config] | None =
         if config.push_listen or any(src.kind == "push" for src in config.sources):
             push = start_push(config.push_listen or DEFAULT_PUSH_LISTEN)
             stack.callback(push.stop)
+        import httpx
+
+        http = stack.enter_context(httpx.Client())  # the token sources' keep-alive connections
         kw = {} if clocks is None else {"clocks": clocks}
         agent = Agent(config, store, node, notifier=notifier, state=state, reload_config=reload_config,
-                      push=push, **kw)
+                      push=push, http=http, **kw)
+        stack.callback(agent.reader.close)  # its probe threads, should run() never have started
         agent_ref.append(agent)
         yield Runtime(config, store, node, state, notifier, agent, metrics, shipper, push)
 

@@ -143,6 +143,8 @@ def test_status_json_survives_every_nvml_error_code(code_name, monkeypatch, cloc
     assert states[:2] == [expected, expected], doc["devices"]
     gpu = doc["devices"][0]
     assert gpu["reason"] and gpu["power_w"] is None
+    table = meter("status")  # the table for people says the same, no traceback either
+    assert table.exit_code == 0 and "Traceback" not in table.output and expected in table.output
 
 
 @pytest.mark.parametrize("code_name", ["NVML_ERROR_UNKNOWN", "NVML_ERROR_NO_PERMISSION", "NVML_ERROR_TIMEOUT"])

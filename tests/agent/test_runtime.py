@@ -117,11 +117,12 @@ def test_a_crash_inside_the_runtime_closes_everything(gpus, tmp_path):
     with pytest.raises(ZeroDivisionError):
         with runtime.open_runtime(config, notifier=notifier) as rt:
             notifier.send("STATUS=x")  # opens the notifier's socket (nobody listens: a warning)
-            store = rt.store
+            store, agent = rt.store, rt.agent
             1 / 0
     with pytest.raises(sqlite3.ProgrammingError):
         store.conn.execute("SELECT 1")
     assert notifier._sock is None and gpus.initialised == 0 and lock_is_free(db)
+    assert agent.http.is_closed and agent.reader.pool._shutdown  # the agent never ran: closed anyway
 
 
 def test_a_second_agent_on_the_same_store_is_refused_and_closes_its_own(gpus, tmp_path):
