@@ -18,6 +18,7 @@ from click.testing import CliRunner
 from meterd import sqlite_store
 from meterd.agent.cli import main
 from meterd.agent.store import MIGRATIONS, Store, open_store
+from meterd.collector.store import MIGRATIONS as COLLECTOR_MIGRATIONS
 from meterd.collector.store import SQLiteStore
 from meterd.errors import StoreDamaged, StoreKindError, StoreUnavailable, StoreVersionError
 from tests.agent.test_store import _usage, _window
@@ -122,14 +123,17 @@ def test_an_empty_file_is_not_turned_into_a_store_by_a_read(tmp_path):
 # -- versions ----------------------------------------------------------------------------------------
 
 
-def test_a_newer_schema_names_the_file_and_both_versions(agent_db):
-    _set_version(agent_db, len(MIGRATIONS) + 5)
+@pytest.mark.parametrize("kind", ["agent", "collector"])
+def test_a_newer_schema_names_the_file_and_both_versions(agent_db, collector_db, kind):
+    path, opener, n = ((agent_db, open_store, len(MIGRATIONS)) if kind == "agent"
+                       else (collector_db, SQLiteStore, len(COLLECTOR_MIGRATIONS)))
+    _set_version(path, n + 5)
     for readonly in (False, True):
         with pytest.raises(StoreVersionError) as e:
-            open_store(agent_db, readonly=readonly)
+            opener(path, readonly=readonly)
         msg = str(e.value)
-        assert str(agent_db) in msg and f"version {len(MIGRATIONS) + 5}, newer" in msg \
-            and f"({len(MIGRATIONS)})" in msg and "upgrade meterd" in msg
+        assert str(path) in msg and f"version {n + 5}, newer" in msg and f"({n})" in msg \
+            and "upgrade meterd" in msg
 
 
 @pytest.mark.parametrize("command", [
