@@ -2,7 +2,6 @@ import sqlite3
 
 import pytest
 
-
 from meterd.agent.store import MIGRATIONS, Store, default_db_path
 
 

@@ -7,7 +7,6 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-
 from meterd.collector.store import MIGRATIONS, CollectorStore, SQLiteStore
 from meterd.collector.validation import check_batch
 from tests.collector.conftest import minutes, post_batch
