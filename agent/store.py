@@ -19,9 +19,10 @@ from typing import Any, Iterable
 import sqlite_utils
 
 from meterd.sqlite_store import AGENT, Immediate, Migration, default_path, open_db, run_script, user_version
+from meterd.units import DAY, HOUR
 
 #: The rollups' periods and their lengths in seconds.
-PERIODS = {"hour": 3600, "day": 86400}
+PERIODS = {"hour": HOUR, "day": DAY}
 
 
 def default_db_path() -> Path:

@@ -18,11 +18,11 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from meterd.agent.store import PERIODS
+from meterd.units import DAY, HOUR
 
 if TYPE_CHECKING:
     from meterd.agent.store import Store
 
-HOUR, DAY = PERIODS["hour"], PERIODS["day"]
 
 #: Integer sums of a window (and of its usage rows), kept as they are.
 COUNTED = ("prompt_tokens", "completion_tokens", "cost_capex_micro", "cost_energy_micro",

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import re
 
-from meterd.units import parse_iso
+from meterd.units import DAY, HOUR, MINUTE, WEEK, parse_iso
 from meterd.errors import TimeParseError
 
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_UNITS = {"s": 1, "m": MINUTE, "h": HOUR, "d": DAY, "w": WEEK}
 
 
 def parse_when(text: str, now: float) -> float:

@@ -107,7 +107,7 @@ def token_create(name: str, read_only: bool, db: Path | None) -> None:
 @_db_option
 def token_list(db: Path | None) -> None:
     """The tokens (key id, scope, name, created), never their secrets."""
-    store = SQLiteStore(db)
+    store = SQLiteStore(db, readonly=True)
     try:
         for t in store.list_tokens():
             click.echo(f"{t.key_id}  {t.scope:<4}  {t.name}  {iso(t.created_at)}")

@@ -12,6 +12,8 @@ from functools import lru_cache
 MICRO = 1_000_000
 #: Joules per kilowatt-hour.
 J_PER_KWH = 3_600_000
+#: Seconds per minute, hour, day and week (UTC: no leap seconds, no daylight saving).
+MINUTE, HOUR, DAY, WEEK = 60, 3600, 86400, 7 * 86400
 
 
 def to_micro(amount: float | int | str | Decimal) -> int:

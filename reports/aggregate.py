@@ -35,15 +35,15 @@ from operator import itemgetter
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from meterd.agent.store_queries import IDLE_TIME
-from meterd.units import J_PER_KWH, iso
+from meterd.units import DAY, HOUR, J_PER_KWH, WEEK, iso
 from meterd.errors import ReportError
 
 GROUP_KEYS = ("node", "device", "model", "tenant", "hour", "day", "week")
-TIME_KEYS = {"hour": 3600, "day": 86400, "week": 7 * 86400}
+TIME_KEYS = {"hour": HOUR, "day": DAY, "week": WEEK}
 DEFAULT_BY = ("model", "device")
 IDLE = "(idle)"
 #: Monday 1970-01-05T00:00:00Z: weeks start on Mondays, 00:00 UTC (ISO weeks).
-WEEK_EPOCH = 4 * 86400
+WEEK_EPOCH = 4 * DAY
 
 #: Integer sums (exact) and float sums of a cell. None in a cell means "unknown" (a collector
 #: does not split a model's cost into capex/energy/opex), and makes the row's sum unknown.

@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from meterd.agent.store import Store
-from meterd.agent.store_queries import DAY, HOUR, range_cells, window_span
+from meterd.agent.store_queries import range_cells, window_span
 from meterd.errors import CollectorDown, CollectorRefused, EmptyStore, NoData, QueryError
 from meterd.reports.aggregate import IDLE, Ceiling, Cells, ReportError, per_model
-from meterd.units import iso, parse_iso
+from meterd.units import DAY, HOUR, iso, parse_iso
 
 if TYPE_CHECKING:
     import httpx

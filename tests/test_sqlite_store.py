@@ -228,6 +228,7 @@ def test_read_commands_never_create_a_store(tmp_path):
         assert line.startswith(f"Error: no agent store at {default}: run `meter agent` first"), line
     line = one_error_line(meter("collector", "export", "--since", "2026-11-28", "--until", "2026-11-29", env=env))
     assert "no collector database at" in line
+    assert "no collector database at" in one_error_line(meter("collector", "token", "list", env=env))
     assert list((tmp_path / "home").iterdir()) == []
     missing = tmp_path / "nope" / "m.db"
     assert "no agent store at" in one_error_line(meter("windows", "--db", str(missing)))
