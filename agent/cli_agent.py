@@ -34,7 +34,11 @@ DEFAULT_LAST_WINDOWS = 200
 @click.option("--metrics", "metrics_listen", metavar="HOST:PORT", help="Serve Prometheus metrics of the agent here (off by default).")
 @click.option("--ship", "ship_url", metavar="URL", help="Ship every window to this CloudEvents sink (a `meter collector` or OpenMeter's /api/v1/events), overriding the config.")
 @click.option("--token-file", "token_file", type=click.Path(dir_okay=False), help="The sink's bearer token (a file of mode 0600), with --ship.")
-def agent_cmd(config_path, duration, db_path, interval, window, sources, metrics_listen, ship_url, token_file) -> None:
+@click.option("--sink", "sink_kind", type=click.Choice(["meterd", "openmeter", "lago", "stripe"]),
+              help="What --ship sends: meterd (window events, to `meter collector`; the default), or usage events "
+                   "per model and tenant for openmeter, lago or stripe (docs/billing.md). Overrides [ship] sink.")
+def agent_cmd(config_path, duration, db_path, interval, window, sources, metrics_listen, ship_url, token_file,
+              sink_kind) -> None:
     """Meter this node: every interval read the devices and token sources, every window commit
     energy, tokens and cost to the SQLite store. Runs in the foreground (as systemd runs it).
 
@@ -48,7 +52,8 @@ def agent_cmd(config_path, duration, db_path, interval, window, sources, metrics
     if token_file and not (ship_url or (config_path and _load(config_path).ship_url)):
         raise click.UsageError("--token-file is the sink's token: it goes with --ship URL (or [ship] url in the config)")
     overrides = runtime.Overrides(store=db_path, interval_s=interval, window_s=window, sources=sources,
-                                  metrics_listen=metrics_listen, ship_url=ship_url, ship_token_file=token_file)
+                                  metrics_listen=metrics_listen, ship_url=ship_url, ship_token_file=token_file,
+                                  ship_sink=sink_kind)
     run = runtime.run_agent(config_path, overrides, duration_s=duration, handle_signals=True)
     s = run.summary
     click.echo(f"metered {s.rounds} rounds; committed {s.windows} windows "
@@ -170,9 +175,12 @@ def outbox_group(ctx, db_path, as_json) -> None:
         pending, quarantined = store.outbox_counts()
         oldest = store.pending_windows(1)
         rows = store.quarantined()
+        ship = store.ship_state()
     finally:
         store.close()
     doc = {
+        "sink": ship.get("sink"),
+        "url": ship.get("url"),
         "pending": pending,
         "oldest_pending": iso(oldest[0]["start"]) if oldest else None,
         "quarantined": [{"id": r["id"], "device": r["device"], "start": iso(r["start"]),
@@ -181,6 +189,10 @@ def outbox_group(ctx, db_path, as_json) -> None:
     if as_json:
         click.echo(json.dumps(doc))
         return
+    if doc["sink"]:
+        click.echo(f"sink: {doc['sink']} at {doc['url']}")
+    else:
+        click.echo("sink: none yet (the agent has not shipped from this store: `meter agent --ship URL`)")
     click.echo(f"{pending} window(s) waiting to ship" + (f", the oldest from {doc['oldest_pending']}" if oldest else ""))
     click.echo(f"{quarantined} quarantined" + (": `meter outbox retry` sends them again once the sink is fixed" if rows else ""))
     for q in doc["quarantined"]:

@@ -83,6 +83,14 @@ class Config:
     ship_token_file: str | None = None
     ship_allow_insecure: bool = False
     ship_backoff_cap_s: float = 300.0
+    # Billing sinks (meterd.agent.sinks): what the windows become, and for whom.
+    ship_sink: str = "meterd"
+    ship_subject: str | None = None  # untenanted and idle usage; None: the node
+    ship_window_events: bool = False  # openmeter: window events beside the usage events
+    ship_rate_per_s: float | None = None  # stripe: requests a second (None: the sink's default)
+    ship_metrics: dict[str, str] = field(default_factory=dict)  # data field -> Lago code / Stripe event name
+    ship_subscriptions: dict[str, str] = field(default_factory=dict)  # subject -> Lago external_subscription_id
+    ship_customers: dict[str, str] = field(default_factory=dict)  # subject -> Stripe customer id
 
     def hash(self) -> str:
         """A short stable digest of the config, stamped on every window."""
@@ -237,15 +245,73 @@ def parse_config(doc: dict[str, Any]) -> Config:
     for section, keys in (("push", {"listen": "push_listen"}), ("metrics", {"listen": "metrics_listen"}),
                           ("ship", {"url": "ship_url", "token_file": "ship_token_file",
                                     "allow_insecure": "ship_allow_insecure",
-                                    "backoff_cap_s": "ship_backoff_cap_s"})):
+                                    "backoff_cap_s": "ship_backoff_cap_s", **_SHIP_BILLING})):
         table = _table(section, doc.get(section, {}))
         _check_keys(section, table, keys)
+        if section == "ship":
+            extra.update(_ship_billing(table))
         for k, attr in keys.items():
-            if k in table:
+            if k in table and k not in _SHIP_BILLING:
                 check = (_bool if k == "allow_insecure" else _listen if k == "listen"
                          else _at_least(0.1) if k == "backoff_cap_s" else _string)
                 extra[attr] = check(f"{section}.{k}", table[k])
     return Config(**top, prices=Prices(**prices), sources=sources, models=models, **extra)
+
+
+_SHIP_BILLING = {k: "ship_" + k for k in ("sink", "subject", "window_events", "rate_per_s", "metrics",
+                                          "subscriptions", "customers")}
+
+
+def parse_sink(key: str, v: Any) -> str:
+    from meterd.agent.sinks import SINK_KINDS
+
+    if v not in SINK_KINDS:
+        raise ConfigError(f"{key}: expected one of {', '.join(SINK_KINDS)}, got {v!r}")
+    return v
+
+
+def _names(key: str, v: Any, *, fields: tuple[str, ...] | None = None, max_len: int = 255) -> dict[str, str]:
+    """A table of strings to non-empty strings (``fields``: the keys allowed)."""
+    v = _table(key, v)
+    out = {}
+    for k, name in v.items():
+        if fields is not None and k not in fields:
+            hint = difflib.get_close_matches(k, list(fields), n=1)
+            raise ConfigError(f"{key}.{k}: not a billable field of meterd.usage.v1"
+                              + (f" (did you mean {hint[0]!r}?)" if hint else f"; one of {', '.join(fields)}"))
+        name = _string(f"{key}.{k}", name)
+        if len(name) > max_len:
+            raise ConfigError(f"{key}.{k}: at most {max_len} characters, got {len(name)}")
+        out[k] = name
+    return out
+
+
+def _ship_billing(t: dict) -> dict[str, Any]:
+    """The billing keys of ``[ship]``: the sink, the subject, the sink's metric names and the
+    tenant -> subscription / customer tables."""
+    from meterd.agent.usage_events import BILLABLE_FIELDS
+
+    out: dict[str, Any] = {}
+    sink = parse_sink("ship.sink", t["sink"]) if "sink" in t else "meterd"
+    if "sink" in t:
+        out["ship_sink"] = sink
+    if "subject" in t:
+        out["ship_subject"] = _string("ship.subject", t["subject"])
+    if "window_events" in t:
+        out["ship_window_events"] = _bool("ship.window_events", t["window_events"])
+        if out["ship_window_events"] and sink != "openmeter":
+            raise ConfigError("ship.window_events: only the openmeter sink sends window events beside "
+                              f"usage events (sink is {sink!r})")
+    if "rate_per_s" in t:
+        out["ship_rate_per_s"] = _at_least(0.1)("ship.rate_per_s", t["rate_per_s"])
+    if "metrics" in t:
+        out["ship_metrics"] = _names("ship.metrics", t["metrics"], fields=BILLABLE_FIELDS, max_len=100)
+        if not out["ship_metrics"]:
+            raise ConfigError("ship.metrics: name at least one field (e.g. cost_micro = \"meterd_cost\")")
+    for k in ("subscriptions", "customers"):
+        if k in t:
+            out[f"ship_{k}"] = _names(f"ship.{k}", t[k])
+    return out
 
 
 def _models(table: dict) -> dict[str, dict[str, Any]]:
@@ -400,4 +466,19 @@ tariff_timezone = "UTC"
 # token_file = "${CREDENTIALS_DIRECTORY}/ship-token"   # must not be readable by group or others
 # allow_insecure = false              # plain http is refused unless loopback or this is true
 # backoff_cap_s = 300                 # longest wait between retries while the sink is down
+# sink = "meterd"                     # meterd (window events to `meter collector`), openmeter,
+#                                     # lago or stripe (meterd.usage.v1 per model and tenant;
+#                                     # docs/billing.md); `meter agent --sink KIND` overrides
+# subject = "gpu-node-17"             # who untenanted and idle usage is billed to (default: node)
+# window_events = false               # openmeter: the window events too, beside usage events
+# rate_per_s = 25                     # stripe: meter events a second (live mode allows 1000)
+#
+# [ship.metrics]                      # lago: billable metric codes; stripe: meter event names
+# cost_micro = "meterd_cost"          # data field = name (prompt_tokens, completion_tokens, ...)
+#
+# [ship.subscriptions]                # lago: subject (tenant) -> external_subscription_id
+# "team-a" = "sub_team_a"
+#
+# [ship.customers]                    # stripe: subject (tenant) -> Stripe customer id
+# "team-a" = "cus_NffrFeUfNV2Hib"
 '''

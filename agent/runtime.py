@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator
 
-from meterd.agent.config import Config, ConfigError, _listen, _window, default_config, load_config, parse_source_flag
+from meterd.agent.config import (
+    Config, ConfigError, _listen, _window, default_config, load_config, parse_sink, parse_source_flag,
+)
 from meterd.net import parse_listen
 
 if TYPE_CHECKING:
@@ -49,6 +51,7 @@ class Overrides:
     metrics_listen: str | None = None
     ship_url: str | None = None
     ship_token_file: str | None = None
+    ship_sink: str | None = None  # --sink
 
     def apply(self, config: Config) -> Config:
         """The effective config; ConfigError names the flag that is wrong."""
@@ -67,7 +70,11 @@ class Overrides:
             changes["ship_url"] = self.ship_url
         if self.ship_token_file:
             changes["ship_token_file"] = self.ship_token_file
+        if self.ship_sink:
+            changes["ship_sink"] = parse_sink("--sink", self.ship_sink)
         config = dataclasses.replace(config, **changes)
+        if config.ship_window_events and config.ship_sink != "openmeter":
+            raise ConfigError(f"--sink {config.ship_sink}: [ship] window_events is for the openmeter sink only")
         if config.interval_s > config.window_s:
             raise ConfigError(f"--interval: must not exceed the window ({config.window_s} s)")
         return config
@@ -203,12 +210,15 @@ def open_runtime(config: Config, *, reload_config: Callable[[], Config] | None =
         shipper = None
         if token is not None:
             from meterd.agent.shipper import ShipperThread
+            from meterd.agent.sinks import sink_for
 
-            shipper = ShipperThread(store.path, config.ship_url, token,
+            sink = sink_for(config)
+            shipper = ShipperThread(store.path, config.ship_url, token, sink=sink,
                                     backoff_cap_s=config.ship_backoff_cap_s).start()
             stack.callback(shipper.close)
             state.outbox_depth = shipper.store_counts
-            log.info("shipping windows to %s", config.ship_url)
+            log.info("shipping %s to the %s sink at %s",
+                     "windows" if sink.kind == "meterd" else "usage events", sink.kind, shipper.endpoint)
         push = None
         if config.push_listen or any(src.kind == "push" for src in config.sources):
             push = start_push(config.push_listen or DEFAULT_PUSH_LISTEN)

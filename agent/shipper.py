@@ -1,8 +1,16 @@
-"""The shipper: committed windows are the outbox; each is sent as a CloudEvent, in batches, until
-a sink acknowledges it. At least once from here; the sink deduplicates by (source, id): together,
-exactly once.
+"""The shipper: committed windows are the outbox; each becomes its sink's records (a
+``meterd.window.v1`` event for ``meter collector``, usage events for OpenMeter, Lago events, Stripe
+meter events: meterd.agent.sinks), sent in batches until the sink acknowledges every record of the
+window. At least once from here; the sink deduplicates by the records' stable ids: together,
+exactly once. Records a sink acknowledged while others of their window were still out are
+remembered (``outbox_acks``), so a resend never carries them again.
 
-- A batch is bounded in events and bytes. Event ids were fixed when the window was committed.
+- A batch is bounded in records and bytes (and by the sink's own limit: 100 for Lago, 1 for
+  Stripe, whose requests are paced at its rate limit). Event ids were fixed when the window was
+  committed.
+- A sink that answers in its own way reads its answers itself (Lago's 422 ``value_already_exist``
+  is a delivery; Stripe's "already exists with identifier" too); the mapping may refuse a record
+  before sending it (Stripe: usage older than 35 days), which quarantines its window with why.
 - 2xx: the batch is marked shipped. Network errors, 5xx, 408 and 429: retried with exponential
   backoff and full jitter, honouring Retry-After. 413: the batch is halved. Other 4xx: a batch of
   several is split so that only the events the sink refuses are quarantined, with its reason
@@ -32,7 +40,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from meterd.agent.events import BATCH_CONTENT_TYPE, window_event
+from meterd.agent.events import BATCH_CONTENT_TYPE
+from meterd.agent.sinks.base import Item, Sink
+from meterd.agent.sinks.meterd import MeterdSink
 from meterd.agent.store import Store
 from meterd.errors import ShipError
 from meterd.net import is_loopback
@@ -112,20 +122,26 @@ class Outcome:
 
 
 class Shipper:
+    """Ships the outbox to one sink (:mod:`meterd.agent.sinks`): each window becomes the sink's
+    records; a window is shipped when the sink has acknowledged every record of it."""
+
     def __init__(self, store: Store, url: str, token: str, *, transport: httpx.BaseTransport | None = None,
+                 sink: Sink | None = None,
                  max_events: int = DEFAULT_MAX_EVENTS, max_bytes: int = DEFAULT_MAX_BYTES,
                  timeout_s: float = 5.0, rng: random.Random | None = None,
                  wall: Callable[[], float] = time.time, backoff_cap_s: float = BACKOFF_CAP_S) -> None:
         self.store = store
-        self.url = url
-        self.max_events = max_events
-        self.batch_limit = max_events
+        self.sink = sink or MeterdSink()
+        self.url = self.sink.endpoint(url)
+        self.max_events = min(max_events, self.sink.max_events)
+        self.batch_limit = self.max_events
         self.max_bytes = max_bytes
         self.rng = rng or random.Random()
         self.wall = wall
         self.failures = 0
         self.backoff_cap_s = backoff_cap_s
         self.last_error: str | None = None
+        self._next_post = 0.0
         self.client = httpx.Client(transport=transport, timeout=timeout_s, headers={
             "Authorization": f"Bearer {token}", "Content-Type": BATCH_CONTENT_TYPE,
             "User-Agent": "meterd-shipper"})
@@ -139,31 +155,98 @@ class Shipper:
         rows = self.store.pending_windows(self.batch_limit)
         if not rows:
             return Outcome(idle=True)
-        batch = self._fit(rows)
-        return self._send(batch)
+        batch, done, refused = self._fit(rows)
+        out = Outcome()
+        for reason, ids in refused.items():
+            out.quarantined += self.store.quarantine(ids, reason)
+            log.error("%d window(s) not sent to %s, quarantined (`meter outbox`): %s",
+                      len(ids), self.sink.kind, reason)
+        if done:
+            self.store.mark_shipped(done, self.wall())
+        if not batch:
+            return out
+        o = self._send(batch)
+        o.quarantined += out.quarantined
+        return o
 
-    def _fit(self, rows: list[dict]) -> list[tuple[int, bytes]]:
-        """(window id, event JSON) for as many windows as fit the byte bound (at least one)."""
-        out, size = [], 2
+    def _fit(self, rows: list[dict]) -> tuple[list[Item], list[int], dict[str, list[int]]]:
+        """The records still to send of these windows, as many as fit the batch bounds (at least
+        one); the windows with nothing left to send; the windows the mapping refuses, by reason."""
+        acked = self.store.acked_keys([w["id"] for w in rows])
+        batch: list[Item] = []
+        done: list[int] = []
+        refused: dict[str, list[int]] = {}
+        size = 2
         for w in rows:
-            body = json.dumps(window_event(w, self.store.usage_of(w["id"])), separators=(",", ":")).encode()
-            if out and size + len(body) + 1 > self.max_bytes:
-                break
-            out.append((w["id"], body))
-            size += len(body) + 1
-        return out
+            items = self.sink.items(w, self.store.usage_of(w["id"]))
+            bad = next((it.refuse for it in items if it.refuse), None)
+            if bad:
+                refused.setdefault(bad, []).append(w["id"])
+                continue
+            have = acked.get(w["id"], set())
+            todo = [it for it in items if it.key not in have]
+            if not todo:
+                done.append(w["id"])
+                continue
+            for it in todo:
+                if batch and (len(batch) >= self.batch_limit or size + it.size + 1 > self.max_bytes):
+                    return batch, done, refused
+                batch.append(it)
+                size += it.size + 1
+        return batch, done, refused
 
-    def _post(self, batch: list[tuple[int, bytes]]) -> httpx.Response:
-        return self.client.post(self.url, content=b"[" + b",".join(b for _, b in batch) + b"]")
+    def _post(self, batch: list[Item]) -> httpx.Response:
+        body, headers = self.sink.request(batch)
+        if self.sink.min_interval_s:
+            now = time.monotonic()
+            if now < self._next_post:
+                time.sleep(self._next_post - now)
+            self._next_post = max(now, self._next_post) + self.sink.min_interval_s
+        return self.client.post(self.url, content=body, headers=headers)
 
-    def _send(self, batch: list[tuple[int, bytes]]) -> Outcome:
-        ids = [i for i, _ in batch]
+    def _ack(self, items: list[Item]) -> None:
+        """Record what the sink acknowledged; windows with every record acknowledged are shipped."""
+        by_window: dict[int, list[Item]] = {}
+        for it in items:
+            by_window.setdefault(it.window_id, []).append(it)
+        before = self.store.acked_keys(list(by_window))
+        partial, complete = [], []
+        for wid, its in by_window.items():
+            have = before.get(wid, set()) | {it.key for it in its}
+            if its[0].keys <= have:
+                complete.append(wid)
+            else:
+                partial.extend((wid, it.key) for it in its)
+        self.store.record_acks(partial, complete, self.wall())
+
+    def _quarantine(self, items: list[Item], reason: str) -> int:
+        ids = sorted({it.window_id for it in items})
+        n = self.store.quarantine(ids, f"{self.sink.kind}: {reason}")
+        log.error("%s refused %d record(s) of %d window(s), quarantined (`meter outbox`): %s",
+                  self.sink.kind, len(items), n, reason)
+        return n
+
+    def _send(self, batch: list[Item]) -> Outcome:
         try:
             r = self._post(batch)
         except httpx.HTTPError as e:
             return self._retry(f"{type(e).__name__}: {e}", None, len(batch))
+        verdict = self.sink.judge(r, batch)
+        if verdict is not None:
+            out = Outcome(sent=len(batch), acked=len(verdict.acked), duplicates=len(verdict.acked))
+            if verdict.acked:
+                self._ack(verdict.acked)
+            by_reason: dict[str, list[Item]] = {}
+            for it, why in verdict.refused:
+                by_reason.setdefault(why, []).append(it)
+            for why, its in by_reason.items():
+                out.quarantined += self._quarantine(its, why)
+            self.failures = 0
+            if len(verdict.acked) + len(verdict.refused) < len(batch):
+                out.error = _reason(r)  # the rest was not taken: it goes again, in the next batch
+            return out
         if r.is_success:
-            self.store.mark_shipped(ids, self.wall())
+            self._ack(batch)
             self.failures = 0
             self.last_error = None
             self.batch_limit = min(self.max_events, self.batch_limit * 2)
@@ -177,8 +260,7 @@ class Shipper:
             log.warning("sink refused a batch of %d as too large: next batches hold %d", len(batch), self.batch_limit)
             return Outcome(sent=len(batch), error=reason)
         if r.status_code in BATCH_REFUSALS or len(batch) == 1:
-            n = self.store.quarantine(ids, reason)
-            log.error("sink refused %d window(s), quarantined (`meter outbox`): %s", n, reason)
+            n = self._quarantine(batch, reason)
             return Outcome(sent=len(batch), quarantined=n, error=reason)
         # A 4xx about the contents of a batch: find out which events, one by one.
         out = Outcome(sent=len(batch), error=reason)
@@ -240,6 +322,13 @@ class ShipperThread:
     def __init__(self, store_path: str | os.PathLike, url: str, token: str, **kw) -> None:
         self.store_path = store_path
         self.url = url
+        sink = kw.get("sink") or MeterdSink()
+        self.endpoint = sink.endpoint(url)
+        s = Store(store_path)
+        try:
+            s.set_ship_state(sink=sink.kind, url=self.endpoint)
+        finally:
+            s.close()
         self._token = token
         self._kw = kw
         self.stop = threading.Event()

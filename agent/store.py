@@ -174,8 +174,29 @@ def _m2_idle_seconds(conn: sqlite3.Connection) -> None:
         )
 
 
+def _m3_outbox_acks(conn: sqlite3.Connection) -> None:
+    """Billing sinks take several records per window (a usage event per model and tenant): the
+    ones a sink acknowledged while others of the window were not yet (``outbox_acks``, emptied
+    when the window is shipped), and which sink the agent ships to (``ship_state``)."""
+    run_script(
+        conn,
+        """
+        CREATE TABLE outbox_acks (
+            window_id INTEGER NOT NULL REFERENCES windows(id),
+            key TEXT NOT NULL,
+            at REAL NOT NULL,
+            PRIMARY KEY (window_id, key)
+        );
+        CREATE TABLE ship_state (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        )
+        """,
+    )
+
+
 #: Append only. Each entry moves the schema from version i to i+1.
-MIGRATIONS: list[Migration] = [_m1_initial, _m2_idle_seconds]
+MIGRATIONS: list[Migration] = [_m1_initial, _m2_idle_seconds, _m3_outbox_acks]
 
 
 def open_store(path: str | os.PathLike | None = None, *, readonly: bool = False,
@@ -292,8 +313,40 @@ class Store:
             " ORDER BY id LIMIT ?", [limit]))
 
     def mark_shipped(self, ids: list[int], at: float) -> None:
+        self.record_acks([], ids, at)
+
+    def record_acks(self, partial: list[tuple[int, str]], complete: list[int], at: float) -> None:
+        """In one transaction: remember the records (window id, key) a sink acknowledged of
+        windows not yet complete, and mark the ``complete`` windows shipped (forgetting their
+        records' acknowledgements)."""
         with self.transaction() as c:
-            c.executemany("UPDATE windows SET shipped_at = ? WHERE id = ?", [(at, i) for i in ids])
+            c.executemany("INSERT OR IGNORE INTO outbox_acks(window_id, key, at) VALUES (?, ?, ?)",
+                          [(w, k, at) for w, k in partial])
+            c.executemany("UPDATE windows SET shipped_at = ? WHERE id = ?", [(at, i) for i in complete])
+            c.executemany("DELETE FROM outbox_acks WHERE window_id = ?", [(i,) for i in complete])
+
+    def acked_keys(self, window_ids: list[int]) -> dict[int, set[str]]:
+        """The records a sink already acknowledged, per window not yet shipped."""
+        out: dict[int, set[str]] = {}
+        for i in range(0, len(window_ids), 500):
+            chunk = window_ids[i:i + 500]
+            for w, k in self.conn.execute(
+                    f"SELECT window_id, key FROM outbox_acks WHERE window_id IN ({','.join('?' * len(chunk))})",
+                    chunk):
+                out.setdefault(w, set()).add(k)
+        return out
+
+    def set_ship_state(self, **values: str) -> None:
+        """What the agent ships to (``sink``, ``url``), for `meter outbox`."""
+        with self.transaction() as c:
+            c.executemany("INSERT INTO ship_state(key, value) VALUES (?, ?)"
+                          " ON CONFLICT(key) DO UPDATE SET value = excluded.value", list(values.items()))
+
+    def ship_state(self) -> dict[str, str]:
+        try:
+            return dict(self.conn.execute("SELECT key, value FROM ship_state"))
+        except sqlite3.OperationalError:  # read-only, on a store an older agent wrote: no sink yet
+            return {}
 
     def quarantine(self, ids: list[int], reason: str) -> int:
         with self.transaction() as c:
