@@ -181,13 +181,13 @@ def _m3_outbox_acks(conn: sqlite3.Connection) -> None:
     run_script(
         conn,
         """
-        CREATE TABLE outbox_acks (
+        CREATE TABLE IF NOT EXISTS outbox_acks (
             window_id INTEGER NOT NULL REFERENCES windows(id),
             key TEXT NOT NULL,
             at REAL NOT NULL,
             PRIMARY KEY (window_id, key)
         );
-        CREATE TABLE ship_state (
+        CREATE TABLE IF NOT EXISTS ship_state (
             key TEXT PRIMARY KEY,
             value TEXT NOT NULL
         )

@@ -117,7 +117,7 @@ def test_migration_2_adds_idle_time_to_a_version_1_store_and_keeps_its_data(tmp_
     conn.close()
 
     s = Store(p)
-    assert s.schema_version() == 2
+    assert s.schema_version() == len(MIGRATIONS)
     assert {"idle_seconds", "idle_util_pct_s"} <= set(s.db["rollups"].columns_dict)
     rows = s.conn.execute("SELECT period, bucket, model, windows, seconds, cost_micro, idle_cost_micro,"
                           " idle_seconds, idle_util_pct_s FROM rollups ORDER BY period, bucket, model").fetchall()
@@ -127,7 +127,7 @@ def test_migration_2_adds_idle_time_to_a_version_1_store_and_keeps_its_data(tmp_
                     ("hour", 7200.0, "", 5, 300.0, 2000, 5000, 0.0, 0.0)]
     assert [w["start"] for w in s.windows()] == [3600.0, 3660.0, 7200.0]
     s.close()
-    assert Store(p).schema_version() == 2  # reopening does not migrate again
+    assert Store(p).schema_version() == len(MIGRATIONS)  # reopening does not migrate again
 
 
 def test_rollups_count_idle_windows_time_and_utilization(tmp_path):
@@ -172,3 +172,28 @@ def test_budget_already_met_drops_nothing(tmp_path):
     s = Store(tmp_path / "m.db")
     s.commit_windows([(_window(3600.0), _usage())])
     assert s.enforce_budget(max_bytes=10**9) == {"samples": 0, "windows": 0}
+
+
+def test_migration_3_adds_the_outbox_acks_and_keeps_a_version_2_store(tmp_path):
+    from tests.agent.billing_seed import seed
+
+    p = tmp_path / "m.db"
+    s = Store(p)
+    seed(s, 1, 1_800_000_000.0)
+    s.conn.execute("DROP TABLE outbox_acks")
+    s.conn.execute("DROP TABLE ship_state")
+    s.conn.execute("PRAGMA user_version = 2")
+    s.close()
+    s = Store(p)
+    try:
+        assert s.schema_version() == len(MIGRATIONS) >= 3
+        assert len(s.windows()) == 2  # the data stays
+        s.record_acks([(1, "a")], [], 1.0)
+        assert s.acked_keys([1, 2]) == {1: {"a"}}
+        s.record_acks([], [1], 2.0)
+        assert s.acked_keys([1]) == {} and s.windows()[0]["shipped_at"] == 2.0
+        s.set_ship_state(sink="lago", url="https://x/api/v1/events/batch")
+        s.set_ship_state(sink="stripe")
+        assert s.ship_state() == {"sink": "stripe", "url": "https://x/api/v1/events/batch"}
+    finally:
+        s.close()
