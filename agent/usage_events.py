@@ -16,7 +16,7 @@ import json
 import uuid
 from typing import Any
 
-from meterd.agent.events import iso
+from meterd.units import iso
 
 USAGE_EVENT_TYPE = "meterd.usage.v1"
 #: The scalar fields of ``data`` that are whole numbers (what a sum meter can bill exactly).

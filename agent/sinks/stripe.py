@@ -25,7 +25,7 @@ from urllib.parse import urlencode
 
 import httpx
 
-from meterd.agent.events import iso
+from meterd.units import iso
 from meterd.agent.sinks.base import Item, Sink, Verdict
 from meterd.agent.usage_events import derived_id, usage_events
 
