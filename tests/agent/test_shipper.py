@@ -67,6 +67,26 @@ def test_token_file_must_be_private(tmp_path, monkeypatch):
         read_token_file(str(tmp_path / "nope"))
 
 
+@pytest.mark.parametrize("mode", [0o640, 0o620, 0o610, 0o604, 0o602, 0o601, 0o660, 0o700 | 0o040],
+                         ids=oct)
+def test_a_token_file_with_any_group_or_other_bit_is_refused(tmp_path, mode):
+    # Every one of the six group/other bits on its own: a group-readable token is as exposed as a
+    # world-readable one.
+    p = tmp_path / "token"
+    p.write_text("mtk_abc_secret\n")
+    p.chmod(mode)
+    with pytest.raises(ShipError, match=rf"accessible to group or others \(mode {mode:04o}\)"):
+        read_token_file(str(p))
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o400, 0o700], ids=oct)
+def test_a_token_file_private_to_its_owner_is_read(tmp_path, mode):
+    p = tmp_path / "token"
+    p.write_text("mtk_abc_secret\n")
+    p.chmod(mode)
+    assert read_token_file(str(p)) == "mtk_abc_secret"
+
+
 def test_backoff_and_retry_after():
     rng = random.Random(7)
     waits = [backoff_s(a, rng) for a in range(12)]

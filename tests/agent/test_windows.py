@@ -163,3 +163,29 @@ def test_split_evenly_and_window_start():
     assert split_evenly(10, 3) == [4, 3, 3]
     assert sum(split_evenly(7, 8)) == 7
     assert window_start(T0 + 59.9, 60) == T0
+
+
+def test_an_unchanged_energy_counter_is_zero_joules_from_the_counter():
+    # A counter that did not move over an interval (it updates coarser than we sample) is 0 J
+    # measured, not a reason to integrate power: the next delta holds that energy, and power
+    # integrated here as well would bill it twice.
+    b = WindowBuilder("gpu0", 60, T0, max_gap_s=3)
+    b.add_sample(tick(T0), sample(T0, 100.0, 1000.0))
+    b.add_sample(tick(T0 + 1), sample(T0 + 1, 100.0, 1000.0))
+    assert b.current.energy_j == 0.0 and b.current.energy_source == "counter"
+    b.add_sample(tick(T0 + 2), sample(T0 + 2, 100.0, 1200.0))
+    assert b.current.energy_j == pytest.approx(200.0)  # the counter's 200 J, not 100 J more
+    assert b.current.energy_source == "counter"
+
+
+def test_a_suspend_alone_is_a_suspend_not_a_clock_step():
+    # Suspended 30 s: wall and boot time agree (+31 s), the monotonic clock did not count it.
+    b = WindowBuilder("gpu0", 60, T0, max_gap_s=3)
+    b.add_sample(Tick(T0, 1000, 5000), sample(T0, 100.0, 0.0))
+    b.add_sample(Tick(T0 + 1, 1001, 5001), sample(T0 + 1, 100.0, 100.0))
+    b.add_sample(Tick(T0 + 32, 1002, 5032), sample(T0 + 32, 100.0, 200.0))
+    assert b.current.flags == ["suspend"]
+    assert b.current.energy_j == pytest.approx(100.0)  # the suspended interval is not integrated
+    # and a wall step without a suspend is a clock step only
+    b.add_sample(Tick(T0 + 40, 1003, 5033), sample(T0 + 40, 100.0, 300.0))
+    assert b.current.flags == ["suspend", "clock_step"]

@@ -202,3 +202,57 @@ def test_source_validation():
         TokenSource("h:1", kind="generic")
     with pytest.raises(ValueError, match="timeout"):
         TokenSource("h:1", timeout_s=0)
+
+
+class _StreamedPage:
+    """A real HTTP server on loopback that streams ``body`` with no Content-Length (the end is
+    the connection closing), in small writes: only the streamed-size check can refuse it."""
+
+    def __init__(self, body: bytes) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        page = body
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.end_headers()
+                for i in range(0, len(page), 4096):
+                    self.wfile.write(page[i:i + 4096])
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/metrics"
+
+    def __enter__(self) -> "_StreamedPage":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+def test_the_streamed_body_limit_is_exact(client):
+    page = b"vllm:prompt_tokens_total{model_name=\"m\"} 12\n" \
+           b"vllm:generation_tokens_total{model_name=\"m\"} 3\n"
+    page += b"# padding\n" * 3000  # ~30 kB, well past one read
+    size = len(page)
+    with _StreamedPage(page) as srv:
+        at_limit = TokenSource(srv.url, kind="vllm", max_bytes=size).scrape(client)
+        assert isinstance(at_limit, Totals), at_limit
+        assert at_limit.models["m"].prompt_tokens == 12
+        for limit in (size - 1, size * 2 // 3):  # one byte over; half as much again
+            over = TokenSource(srv.url, kind="vllm", max_bytes=limit).scrape(client)
+            assert isinstance(over, Gap) and over.cause == "unreachable", over
+            assert f"over the {limit:,}-byte limit" in over.reason

@@ -229,3 +229,23 @@ def test_the_idle_row_shows_the_idle_windows_time_and_utilization(store):
         assert (a["seconds"], a["util_pct"]) == (60.0, pytest.approx(90.0)), (by, f)
         assert rep.totals["seconds"] == 180.0 and rep.totals["util_pct"] == pytest.approx(50.0)
         assert_totals_are_sums(rep)
+
+
+def test_an_idle_device_with_energy_and_no_cost_keeps_its_idle_row(store):
+    # The CPU of a GPU node pays only its energy: at a free tariff (or below a micro-unit) its
+    # idle windows cost 0 and still drew joules. By model, they are the (idle) row: dropping it
+    # would lose energy from the totals.
+    from tests.reports.conftest import window
+
+    store.commit_windows([
+        window("n1", "cpu", MON, capex=0, energy=0, opex=0, energy_j=900.0, util=10.0),
+        window("n1", "GPU-0", MON, capex=600, energy=100, opex=100, energy_j=6000.0, util=90.0,
+               usage=[("a", "", 1000, 500, 400, 400, 600, 100, 100)])])
+    for by in (["model"], ["model", "device"], ["tenant"]):
+        rep = report(store, *by)
+        idle = [r for r in rep.rows if r[by[0]] == IDLE]
+        assert len(idle) == 1, (by, rep.rows)
+        assert idle[0]["energy_j"] == pytest.approx(900.0) and idle[0]["cost_micro"] == 0, by
+        assert idle[0]["seconds"] == 60.0 and idle[0]["cost_per_mtok"] is None, by
+        assert rep.totals["energy_j"] == pytest.approx(6900.0), by
+        assert_totals_are_sums(rep)
