@@ -230,7 +230,10 @@ def split_cost(cost: Cost, usage: Sequence[tuple[Hashable, int, int]], prefill_s
     c_parts = allocate(completion_micro, [u[2] for u in usage])
     row_costs = [p + c for p, c in zip(p_parts, c_parts)]
     capex = allocate(cost.capex_micro, row_costs)
-    energy = allocate(cost.energy_micro, row_costs)
+    # Energy over what each row has left after its capex, not over the row costs again: two
+    # independent roundings could give one row capex + energy over its cost (a negative opex).
+    # Each part of a largest-remainder split stays within its weight, so opex is never negative.
+    energy = allocate(cost.energy_micro, [r - x for r, x in zip(row_costs, capex)])
     rows = [
         UsageCost(u[0], u[1], u[2], p_parts[i], c_parts[i], capex[i], energy[i],
                   row_costs[i] - capex[i] - energy[i])

@@ -110,3 +110,11 @@ def test_window_with_no_tokens_keeps_its_cost_and_has_no_cost_per_mtok():
     assert (prompt, completion, rows) == (0, 0, [])
     assert cost_per_mtok(111, 0) is None
     assert cost_per_mtok(2_000_000, 1_000_000) == 2.0  # 2 USD for a million tokens
+
+
+def test_no_usage_row_gets_a_negative_opex_from_two_roundings():
+    # capex 1 and energy 1 over two equal rows: each split alone gives its unit to the first
+    # row, which would then hold 2 of its 1 micro-unit and an opex of -1.
+    _, _, rows = split_cost(Cost(1, 1, 0), [(("a", ""), 0, 1), (("b", ""), 0, 1)], None, None, 0.25)
+    assert [(r.cost_micro, r.capex_micro, r.energy_micro, r.opex_micro) for r in rows] == [
+        (1, 1, 0, 0), (1, 0, 1, 0)]
