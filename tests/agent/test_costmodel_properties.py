@@ -40,6 +40,15 @@ def test_allocate_adds_up_exactly_and_stays_within_one_of_the_exact_share(total,
 
 
 @BOUNDED
+@given(st.lists(st.integers(0, 10**9), min_size=1, max_size=12), st.data())
+def test_a_part_never_exceeds_its_whole_number_weight(ws, data):
+    # What split_cost relies on: capex over the row costs leaves every row room for the rest.
+    total = data.draw(st.integers(0, sum(ws)))
+    parts = allocate(total, ws)
+    assert all(0 <= part <= w for part, w in zip(parts, ws))
+
+
+@BOUNDED
 @given(money, st.integers(1, 20))
 def test_equal_weights_differ_by_at_most_one(total, n):
     parts = allocate(total, [1] * n)
