@@ -74,7 +74,9 @@ def test_windows_tile_the_run_and_nothing_is_negative(run):
     for w in windows:
         assert 0 < w.duration_s <= window_s
         assert w.energy_j is None or w.energy_j >= 0
-        assert 0 <= w.covered_s <= w.duration_s + 1e-6
+        # Partial ends are whole milliseconds (the wire's precision): the last sample may lie
+        # up to half of one past a shutdown window's end.
+        assert 0 <= w.covered_s <= w.duration_s + 5e-4
         assert 0 <= w.gap_s <= w.duration_s + 1e-6  # gap_s is rounded to the microsecond
         assert w.energy_source in (None, "counter", "integrated")
     assert sum(w.duration_s for w in windows) == pytest.approx(round(close_at, 3) - round(start, 3))
