@@ -113,7 +113,7 @@ def bench(*, device: str | None = None, quick: bool = False, tiny: bool = False,
         shares = node_shares(node.devices)
         notes: list[str] = []
         plans = plan_devices(select_devices(node.devices, device), Sizes.choose(quick, tiny), notes)
-        if gpus_on_node == 0 and device is None:
+        if not any(d.kind == "gpu" for d in node.devices) and device is None:
             notes.append(gpu_rows_note(node.gpus.reason))
         if not plans:
             raise InputError("nothing to benchmark: " + "; ".join(notes))
