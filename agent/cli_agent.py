@@ -150,8 +150,11 @@ def config_init(path, force) -> None:
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the effective config as JSON.")
 def config_check(path, as_json) -> None:
-    """Validate a config: the bad key and why, or `ok`."""
+    """Validate a config: the bad key and why, or `ok` (exactly what the agent would take)."""
+    from meterd.agent.config_check import check_agent_config
+
     config = load_config(path)
+    check_agent_config(config)
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(config), default=str))
     else:

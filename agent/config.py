@@ -74,6 +74,7 @@ class Config:
     window_s: int = 60
     samples_retention_days: float = 7.0
     store_budget_mb: float | None = None  # None: no bound
+    store_max_pending_windows: int = 20_000  # closed windows held in memory while the store refuses writes
     prices: Prices = field(default_factory=Prices)
     sources: tuple[SourceConfig, ...] = ()
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # roofline profiles, by name
@@ -122,11 +123,67 @@ def _at_least(lo: float, inclusive: bool = True) -> Callable[[str, Any], float]:
     return check
 
 
-def _money(key: str, v: Any) -> int:
+def _whole(lo: int, hi: int) -> Callable[[str, Any], int]:
+    def check(key: str, v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise ConfigError(f"{key}: expected a whole number from {lo:,} to {hi:,}, got {v!r}")
+        return v
+    return check
+
+
+#: The largest amount of money a config may name, in currency units: a billion (10^15 micro-
+#: units, within 2^53 so that every sum of windows stays exact and inside SQLite's INTEGER).
+MAX_MONEY = 10**9
+
+
+def _money(key: str, v: Any, hi: float = MAX_MONEY) -> int:
     v = _number(key, v)
     if v < 0:
         raise ConfigError(f"{key}: a price cannot be negative, got {v!r}")
-    return to_micro(v)
+    if v > hi:
+        raise ConfigError(f"{key}: {v:g} is beyond any real price (at most {hi:,g})")
+    micro = to_micro(v)
+    if v > 0 and micro == 0:
+        raise ConfigError(f"{key}: {v!r} is less than a micro-unit; prices are kept to 10^-6")
+    return micro
+
+
+def _money_up_to(hi: float) -> Callable[[str, Any], int]:
+    return lambda key, v: _money(key, v, hi)
+
+
+#: Per kWh and per GPU-hour, a price beyond these is a typo (and would overflow a window's cost).
+MAX_ENERGY_PER_KWH = 10_000
+MAX_RENTAL_PER_GPU_HOUR = 1_000_000
+
+
+def _between(lo: float, hi: float, why: str = "") -> Callable[[str, Any], float]:
+    def check(key: str, v: Any) -> float:
+        v = _number(key, v)
+        if not lo <= v <= hi:
+            raise ConfigError(f"{key}: must be from {lo:g} to {hi:g}{why}, got {v!r}")
+        return v
+    return check
+
+
+def _currency(key: str, v: Any) -> str:
+    v = _string(key, v)
+    if v not in ISO_4217:
+        hint = " (codes are upper case)" if v.upper() in ISO_4217 else ""
+        raise ConfigError(f"{key}: expected an ISO 4217 currency code such as USD, EUR or JPY{hint}, got {v!r}")
+    return v
+
+
+#: Active ISO 4217 currency codes (and XXX for "no currency").
+ISO_4217 = frozenset("""
+AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB BRL BSD BTN BWP BYN BZD
+CAD CDF CHF CLP CNY COP CRC CUP CVE CZK DJF DKK DOP DZD EGP ERN ETB EUR FJD FKP GBP GEL GHS GIP GMD
+GNF GTQ GYD HKD HNL HTG HUF IDR ILS INR IQD IRR ISK JMD JOD JPY KES KGS KHR KMF KPW KRW KWD KYD KZT
+LAK LBP LKR LRD LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MYR MZN NAD NGN NIO NOK NPR
+NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK SGD SHP SLE SOS SRD SSP
+STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH UGX USD UYU UZS VES VND VUV WST XAF XCD XCG
+XOF XPF YER ZAR ZMW ZWG XXX
+""".split())
 
 
 def _string(key: str, v: Any) -> str:
@@ -203,22 +260,23 @@ def _table(key: str, v: Any) -> dict:
 _TOP = {
     "node": ("node", _string),
     "store": ("store", _string),
-    "interval_s": ("interval_s", _at_least(0.05)),
+    "interval_s": ("interval_s", _between(0.05, 3600)),
     "window_s": ("window_s", _window),
-    "samples_retention_days": ("samples_retention_days", _at_least(0, inclusive=False)),
-    "store_budget_mb": ("store_budget_mb", _at_least(1)),
+    "samples_retention_days": ("samples_retention_days", _between(0.001, 36525)),
+    "store_budget_mb": ("store_budget_mb", _between(1, 1e9)),
+    "store_max_pending_windows": ("store_max_pending_windows", _whole(1, 10_000_000)),
 }
 _PRICES = {
-    "currency": ("currency", _string),
+    "currency": ("currency", _currency),
     "capex_per_gpu": ("capex_per_gpu_micro", _money),
     "capex_per_node": ("capex_per_node_micro", _money),
     "residual_fraction": ("residual_fraction", _fraction),
-    "depreciation_years": ("depreciation_years", _at_least(0, inclusive=False)),
-    "rental_per_gpu_hour": ("rental_per_gpu_hour_micro", _money),
-    "energy_per_kwh": ("energy_per_kwh_micro", _money),
-    "pue": ("pue", _at_least(1.0)),
+    "depreciation_years": ("depreciation_years", _between(0.1, 100, " years")),
+    "rental_per_gpu_hour": ("rental_per_gpu_hour_micro", _money_up_to(MAX_RENTAL_PER_GPU_HOUR)),
+    "energy_per_kwh": ("energy_per_kwh_micro", _money_up_to(MAX_ENERGY_PER_KWH)),
+    "pue": ("pue", _between(1.0, 10.0, " (facility power over IT power)")),
     "opex_per_node_month": ("opex_per_node_month_micro", _money),
-    "prompt_token_weight": ("prompt_token_weight", _at_least(0, inclusive=False)),
+    "prompt_token_weight": ("prompt_token_weight", _between(1e-6, 1e6)),
     "tariff_timezone": ("tariff_timezone", _timezone),
 }
 _SOURCE_KEYS = ("kind", "url", "name", "devices", "model", "prompt_metric", "completion_metric", "model_label")
@@ -253,7 +311,7 @@ def parse_config(doc: dict[str, Any]) -> Config:
         for k, attr in keys.items():
             if k in table and k not in _SHIP_BILLING:
                 check = (_bool if k == "allow_insecure" else _listen if k == "listen"
-                         else _at_least(0.1) if k == "backoff_cap_s" else _string)
+                         else _between(0.1, 86400) if k == "backoff_cap_s" else _string)
                 extra[attr] = check(f"{section}.{k}", table[k])
     return Config(**top, prices=Prices(**prices), sources=sources, models=models, **extra)
 
@@ -348,7 +406,7 @@ def _tariff(i: int, t: Any) -> TariffPeriod:
     start, end = _hhmm(f"{key}.start", t["start"]), _hhmm(f"{key}.end", t["end"])
     if start == end:
         raise ConfigError(f"{key}: start and end are the same time")
-    return TariffPeriod(start, end, _money(f"{key}.energy_per_kwh", t["energy_per_kwh"]), tuple(days))
+    return TariffPeriod(start, end, _money(f"{key}.energy_per_kwh", t["energy_per_kwh"], MAX_ENERGY_PER_KWH), tuple(days))
 
 
 def _source(i: int, s: Any) -> SourceConfig:
@@ -386,11 +444,42 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(f"{p}: not a TOML config: byte {e.start} is not UTF-8 text") from None
     except OSError as e:
         raise ConfigError(f"{p}: cannot read config: {e.strerror}") from None
+    return parse_config(parse_toml(text, str(p)))
+
+
+#: Tables and arrays in a config nest a few levels; a file deeper than this is not a config
+#: (and would take the TOML parser to its recursion limit).
+MAX_CONFIG_NESTING = 16
+
+
+def parse_toml(text: str, where: str) -> dict[str, Any]:
+    """TOML text to a document, or ConfigError with one line (deep nesting included)."""
+    depth = _toml_nesting(text)
+    if depth > MAX_CONFIG_NESTING:
+        raise ConfigError(f"{where}: not a config: arrays or tables nested {depth} deep (at most {MAX_CONFIG_NESTING})")
     try:
-        doc = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{p}: not valid TOML: {e}") from None
-    return parse_config(doc)
+        raise ConfigError(f"{where}: not valid TOML: {str(e).splitlines()[0]}") from None
+    except (RecursionError, ValueError) as e:
+        raise ConfigError(f"{where}: not a config TOML can read: {str(e).splitlines()[0][:120]}") from None
+
+
+def _toml_nesting(text: str) -> int:
+    """An upper bound on the nesting of a TOML text's inline arrays and tables (strings and
+    comments are skipped roughly; a bracket in a string only ever overcounts)."""
+    depth = deepest = 0
+    for line in text.splitlines():
+        line = re.sub(r'"(?:[^"\\]|\\.)*"|\'[^\']*\'', "", line).split("#", 1)[0]
+        if not line.strip() or re.match(r"\s*\[", line) and depth == 0 and "=" not in line:
+            continue  # a [table] or [[array]] header
+        for c in line:
+            if c in "[{":
+                depth += 1
+                deepest = max(deepest, depth)
+            elif c in "]}":
+                depth = max(0, depth - 1)
+    return deepest
 
 
 def parse_source_flag(text: str) -> SourceConfig:

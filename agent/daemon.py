@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sqlite3
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
@@ -25,6 +26,8 @@ from meterd.agent.config import Config, ConfigError, SourceConfig
 from meterd.agent.costmodel import node_shares
 from meterd.agent.ledger import price_window
 from meterd.agent.metrics import AgentState
+from meterd.agent import push_journal
+from meterd.agent.store_writer import AGENT_BUSY_TIMEOUT_MS, StoreWriter, WriterStatus, sqlite_reason
 from meterd.agent.sampler import Clocks, ConcurrentReader, ProbeHealth, Schedule, ticks
 from meterd.agent.store import Store
 from meterd.agent.systemd import Notifier
@@ -41,8 +44,10 @@ log = logging.getLogger(__name__)
 SAMPLES_PRUNE_EVERY_S = 3600.0
 BUDGET_CHECK_EVERY_S = 60.0
 SAMPLES_FLUSH_EVERY_S = 10.0  # raw samples are not billed: batch them to spare fsyncs
+MAX_HELD_SAMPLES = 100_000  # raw samples kept in memory while the store refuses writes
 # Changing these needs a restart; a reload keeps the running values and says so.
 RESTART_KEYS = ("node", "store", "interval_s", "window_s", "push_listen", "metrics_listen", "store_budget_mb", "ship_backoff_cap_s",
+                "store_max_pending_windows",
                 "ship_url", "ship_token_file", "ship_allow_insecure")
 
 
@@ -132,6 +137,15 @@ class Agent:
         self.builders: dict[str, WindowBuilder] = {}
         self.config_hash = config.hash()
         self.summary = RunSummary()
+        # The push endpoint's records: from the store's journal (durable), or drained from memory.
+        self._journal = bool(getattr(push, "durable", False))
+        self._journal_pos: dict[str, int] = {}
+        # A lock held by another process delays one round, not the meter: windows wait in memory.
+        store.conn.execute(f"PRAGMA busy_timeout = {AGENT_BUSY_TIMEOUT_MS}")
+        self.writer = StoreWriter(store, max_pending=config.store_max_pending_windows,
+                                  push_targets=lambda: list(self.push_targets) if self._journal else [],
+                                  mono=clocks.mono, wall=clocks.wall, on_change=self._store_state_changed)
+        self.state.store_writer = self.writer.status
 
     def _set_sources(self, config: Config) -> None:
         before = {src.key: src.url for src, _ in getattr(self, "sources", ())}
@@ -189,6 +203,8 @@ class Agent:
 
     def _start_builders(self) -> None:
         now = self.clocks.wall()
+        if self._journal:
+            self._journal_pos = push_journal.load_cursors(self.store.conn, list(self.push_targets))
         for d in self.node.devices:
             last_end = self.store.last_window_end(self.config.node, d.id)
             start = max(now, last_end) if last_end is not None else now
@@ -227,19 +243,43 @@ class Agent:
 
     def shutdown(self) -> None:
         self.notifier.stopping()
+        # In-flight pushes finish (and are journaled) before the last windows close.
+        stop_intake = getattr(self.push, "stop", None)
+        if stop_intake is not None:
+            stop_intake()
+        if self._journal and self.builders:
+            self._take_journal()
+        elif self.push is not None and self.builders:
+            self._give_usage(0.0, self.push.drain(), self.push_targets)
         at = self.clocks.wall()
-        rows = []
+        closed: list[Window] = []
         for dev_id, b in self.builders.items():
-            rows += [self._price(w) for w in b.close(at)]
+            closed += b.close(at)
         self.builders.clear()
-        if rows:
-            self._commit(rows)
+        self._commit(closed)
+        for wait_s in (0.5, 1.0, 2.0):  # a store that refuses writes gets a few last chances
+            if not self.writer.pending:
+                break
+            self.clocks.sleep(wait_s)
+            self._commit([], force=True)
+        if self.writer.pending:
+            log.error("the store still refuses writes at shutdown: %d closed window(s) are lost (%s); "
+                      "pushed usage stays in the journal for the next start",
+                      self.writer.status.pending_windows, self.writer.status.reason)
         self._flush_samples()
         self.reader.close()
         if self._own_http:
             self.http.close()
 
     def _prune(self, now: float) -> None:
+        if self.writer.failing:
+            return
+        try:
+            self._prune_now(now)
+        except sqlite3.Error as e:
+            self.writer.note_failure(sqlite_reason(e))
+
+    def _prune_now(self, now: float) -> None:
         n = self.store.prune_samples(now - self.config.samples_retention_days * 86400)
         if n:
             log.info("pruned %d raw samples older than %g days", n, self.config.samples_retention_days)
@@ -280,7 +320,9 @@ class Agent:
             if update.restarted:
                 log.info("token source %s restarted (models %s): counting from zero", src.key, sorted(update.restarted))
             self._give_usage(tick.wall, usage_from_deltas(update.deltas), targets)
-        if self.push is not None:
+        if self._journal:
+            self._take_journal()
+        elif self.push is not None:
             self._give_usage(tick.wall, self.push.drain(), self.push_targets)
 
         closed: list[Window] = []
@@ -301,8 +343,8 @@ class Agent:
             closed += self.builders[dev_id].add_sample(tick, sample)
 
         self._sample_rows += sample_rows
+        self._commit(closed)
         if closed:
-            self._commit([self._price(w) for w in closed])
             self._apply_pending()
         if self.clocks.mono() >= self._next_flush:
             self._flush_samples()
@@ -311,15 +353,68 @@ class Agent:
         self.state.last_sample_wall = tick.wall
         self.state.gaps = dict(self.summary.gaps)
 
-    def _commit(self, rows) -> None:
-        self.summary.windows += self.store.commit_windows(rows)
-        self.summary.partial_windows += sum(1 for w, _ in rows if w["partial"])
-        self.state.add_windows([w for w, _ in rows])
+    def _commit(self, closed: list[Window], force: bool = False) -> None:
+        """Price the windows that closed and hand them to the writer, which commits them now or,
+        while the store refuses writes, as soon as it takes them again (in order)."""
+        if closed:
+            rows = [self._price(w) for w in closed]
+            cursors = {w.device: w.journal_id for w in closed if w.journal_id}
+            self.writer.put(rows, cursors)
+            self.summary.partial_windows += sum(1 for w, _ in rows if w["partial"])
+            self.state.add_windows([w for w, _ in rows])
+        self.summary.windows += self.writer.flush(force=force)
 
     def _flush_samples(self) -> None:
-        rows, self._sample_rows = self._sample_rows, []
-        self.store.insert_samples(rows)
         self._next_flush = self.clocks.mono() + SAMPLES_FLUSH_EVERY_S
+        if not self._sample_rows or self.writer.failing:
+            # Raw samples are not billed: while the store refuses writes they wait, bounded.
+            del self._sample_rows[:-MAX_HELD_SAMPLES]
+            return
+        try:
+            self.store.insert_samples(self._sample_rows)
+        except sqlite3.Error as e:
+            self.writer.note_failure(sqlite_reason(e))
+            del self._sample_rows[:-MAX_HELD_SAMPLES]
+            return
+        self._sample_rows = []
+
+    def _store_state_changed(self, status: WriterStatus) -> None:
+        if status.state == "ok":
+            self.notifier.send(f"STATUS=metering {len(self.devices)} device(s)")
+        else:
+            self.notifier.send(f"STATUS=store refuses writes: {status.reason}; "
+                               f"{status.pending_windows} window(s) held in memory")
+
+    def _take_journal(self) -> None:
+        """The push journal's rows each target device has not taken yet, into its open window."""
+        targets = list(self.push_targets)
+        if not targets:
+            return
+        start = max(self._journal_pos.values(), default=0)
+        for d in targets:
+            self._journal_pos.setdefault(d, start)
+        lo = min(self._journal_pos[d] for d in targets)
+        try:
+            rows = push_journal.read_after(self.store.conn, lo)
+        except sqlite3.Error as e:  # the rows stay in the journal: the next round takes them
+            self.health.fail("push:journal", sqlite_reason(e))
+            return
+        self.health.ok("push:journal")
+        k = len(targets)
+        for i, dev in enumerate(targets):
+            pos = self._journal_pos[dev]
+            usage: dict[tuple[str, str], Usage] = {}
+            last = pos
+            for r in rows:
+                if r.id <= pos:
+                    continue
+                usage.setdefault((r.model, r.tenant), Usage()).add(Usage(
+                    push_journal.share(r.prompt_tokens, k, i, r.id),
+                    push_journal.share(r.completion_tokens, k, i, r.id)))
+                last = r.id
+            if last > pos:
+                self.builders[dev].add_usage(0.0, usage, journal_id=last)
+                self._journal_pos[dev] = last
 
     def _give_usage(self, at: float, usage: dict[tuple[str, str], Usage], targets: list[str]) -> None:
         if not usage or not targets:

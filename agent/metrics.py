@@ -43,6 +43,7 @@ class AgentState:
     windows_committed: int = 0
     store_path: str | None = None
     outbox_depth: Callable[[], tuple[int, int]] | None = None  # (pending, quarantined)
+    store_writer: Any = None  # agent.store_writer.WriterStatus, when the agent runs
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def add_windows(self, rows: list[dict[str, Any]]) -> None:
@@ -112,6 +113,12 @@ class AgentCollector(Collector):
                 except OSError:
                     pass
         yield GaugeMetricFamily("meterd_store_size_bytes", "Size of the SQLite store (with its WAL).", value=size)
+        w = s.store_writer
+        if w is not None:
+            yield CounterMetricFamily("meterd_store_write_errors", "Store writes that failed (disk full, locked, I/O error); each is retried.", value=w.write_errors_total)
+            yield GaugeMetricFamily("meterd_store_pending_windows", "Closed windows held in memory because the store refused them.", value=w.pending_windows)
+            yield CounterMetricFamily("meterd_store_dropped_windows", "Held windows dropped at the store_max_pending_windows bound.", value=w.dropped_windows_total)
+            yield GaugeMetricFamily("meterd_store_writable", "1 while the store takes writes, 0 while it refuses them.", value=0 if w.state != "ok" else 1)
         if s.outbox_depth is not None:
             pending, quarantined = s.outbox_depth()
             depth = GaugeMetricFamily("meterd_outbox_windows", "Committed windows not yet acknowledged by the sink.", labels=["state"])

@@ -99,25 +99,28 @@ def import_sqlite_utils_without_numpy() -> None:
 
 
 def ship_token(config: Config) -> str | None:
-    """The bearer token when the config ships (checked URL, token file of mode 0600), else None."""
-    if not config.ship_url:
-        return None
-    from meterd.agent.shipper import ShipError, check_url, read_token_file
+    """Everything the agent would refuse at start (the same decision as `meter config check`:
+    agent/config_check.py); the bearer token when the config ships, else None."""
+    from meterd.agent.config_check import check_agent_config
 
-    check_url(config.ship_url, config.ship_allow_insecure)
-    if not config.ship_token_file:
-        raise ShipError("shipping needs a bearer token: --token-file FILE or [ship] token_file")
-    return read_token_file(config.ship_token_file)
+    return check_agent_config(config)
 
 
-def start_push(listen: str) -> "PushEndpoint":
+def start_push(listen: str, store_path: str | Path | None = None) -> "PushEndpoint":
+    """The push endpoint; with ``store_path``, a 200 means the records are committed to the
+    store's journal (agent/push_journal.py)."""
     from meterd.probes.push import PushEndpoint
 
+    sink = None
+    if store_path is not None:
+        from meterd.agent.push_journal import StoreJournal
+
+        sink = StoreJournal(store_path)
     try:
         if listen.startswith("unix:"):
-            endpoint = PushEndpoint(uds=listen[len("unix:"):])
+            endpoint = PushEndpoint(uds=listen[len("unix:"):], sink=sink)
         else:
-            endpoint = PushEndpoint(*parse_listen(listen))
+            endpoint = PushEndpoint(*parse_listen(listen), sink=sink)
         endpoint.start()
     except (ValueError, OSError, RuntimeError) as e:
         raise ConfigError(f"push endpoint {listen}: {e}") from None
@@ -221,7 +224,7 @@ def open_runtime(config: Config, *, reload_config: Callable[[], Config] | None =
                      "windows" if sink.kind == "meterd" else "usage events", sink.kind, shipper.endpoint)
         push = None
         if config.push_listen or any(src.kind == "push" for src in config.sources):
-            push = start_push(config.push_listen or DEFAULT_PUSH_LISTEN)
+            push = start_push(config.push_listen or DEFAULT_PUSH_LISTEN, store.path)
             stack.callback(push.stop)
         import httpx
 

@@ -195,8 +195,15 @@ def _m3_outbox_acks(conn: sqlite3.Connection) -> None:
     )
 
 
+def _m4_push_journal(conn: sqlite3.Connection) -> None:
+    """The push endpoint's journal, request ids and per-device cursors (agent/push_journal.py)."""
+    from meterd.agent.push_journal import SCHEMA
+
+    run_script(conn, SCHEMA)
+
+
 #: Append only. Each entry moves the schema from version i to i+1.
-MIGRATIONS: list[Migration] = [_m1_initial, _m2_idle_seconds, _m3_outbox_acks]
+MIGRATIONS: list[Migration] = [_m1_initial, _m2_idle_seconds, _m3_outbox_acks, _m4_push_journal]
 
 
 def open_store(path: str | os.PathLike | None = None, *, readonly: bool = False,
@@ -251,14 +258,21 @@ class Store:
 
     # -- windows --------------------------------------------------------------------------------
 
-    def commit_windows(self, windows: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> int:
-        """Commit closed windows with their usage rows and roll them up, atomically.
+    def commit_windows(self, windows: list[tuple[dict[str, Any], list[dict[str, Any]]]],
+                       push_cursors: dict[str, int] | None = None, push_targets: list[str] | None = None) -> int:
+        """Commit closed windows with their usage rows and roll them up, atomically; with
+        ``push_cursors``, the push journal rows these windows hold are consumed in the same
+        transaction (agent/push_journal.py).
 
         A window already stored (same node, device, start) is never rewritten: it is skipped.
         Returns how many windows were new.
         """
         new = 0
         with self.transaction() as c:
+            if push_cursors:
+                from meterd.agent.push_journal import advance
+
+                advance(c, push_cursors, push_targets or [])
             for w, usage in windows:
                 cur = c.execute(
                     f"INSERT OR IGNORE INTO windows({', '.join(_WINDOW_COLS)})"

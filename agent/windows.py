@@ -26,6 +26,9 @@ from dataclasses import dataclass, field
 from meterd.probes.readings import DeviceSample, Reading
 
 CLOCK_STEP_TOLERANCE_S = 1.0
+#: No single device draws more: an energy counter or power reading beyond it is a reading error
+#: (a counter that jumped), and that interval is a gap rather than a bill.
+MAX_DEVICE_POWER_W = 100_000.0
 _SOURCE_RANK = {"counter": 0, "integrated": 1, "estimated": 2}
 
 
@@ -74,6 +77,7 @@ class Window:
     partial: bool = False
     flags: list[str] = field(default_factory=list)
     usage: dict[tuple[str, str], Usage] = field(default_factory=dict)  # (model, tenant) -> Usage
+    journal_id: int | None = None  # the last push journal row whose share this window holds
 
     @property
     def duration_s(self) -> float:
@@ -141,10 +145,13 @@ class WindowBuilder:
         self._prev: _Point | None = None
         self._t = start  # effective wall time: never goes backwards
 
-    def add_usage(self, at: float, usage: dict[tuple[str, str], Usage]) -> None:
-        """Token deltas observed at ``at``: they belong to the open window."""
+    def add_usage(self, at: float, usage: dict[tuple[str, str], Usage], journal_id: int | None = None) -> None:
+        """Token deltas observed at ``at``: they belong to the open window (``journal_id``: the
+        last push journal row they include, consumed when this window commits)."""
         for key, u in usage.items():
             self.current.usage.setdefault(key, Usage()).add(u)
+        if journal_id is not None:
+            self.current.journal_id = max(self.current.journal_id or 0, journal_id)
 
     def add_sample(self, tick: Tick, sample: DeviceSample | None) -> list[Window]:
         """One sampling round; ``sample`` None (or not ok) means no reading this round."""
@@ -233,9 +240,11 @@ def _lin_integral(t0: float, v0: float, t1: float, v1: float, lo: float, hi: flo
 def _interval_energy(a: _Point, b: _Point, dt: float) -> tuple[float | None, str]:
     """Energy between two points and its source."""
     if (a.energy is not None and b.energy is not None and a.energy.source == "counter"
-            and b.energy.source == "counter" and b.energy.value >= a.energy.value):
+            and b.energy.source == "counter" and b.energy.value >= a.energy.value
+            and b.energy.value - a.energy.value <= MAX_DEVICE_POWER_W * dt):
         return b.energy.value - a.energy.value, "counter"
-    if a.power is not None and b.power is not None:
+    if (a.power is not None and b.power is not None and 0 <= a.power.value <= MAX_DEVICE_POWER_W
+            and 0 <= b.power.value <= MAX_DEVICE_POWER_W):
         estimated = "estimated" in (a.power.source, b.power.source)
         return (a.power.value + b.power.value) / 2 * dt, "estimated" if estimated else "integrated"
     return None, "integrated"

@@ -67,6 +67,9 @@ from meterd.probes.counters import Counts, Gap, Totals
 from meterd.errors import ProbeError
 
 DEFAULT_MODEL = "default"
+#: A counter beyond 2^53 has lost integer precision and would overflow SQLite's INTEGER once
+#: summed: it is a reading error (a gap with this reason), never a bill.
+MAX_COUNTER = float(2**53)
 
 
 class TokenProbeError(ProbeError):
@@ -352,6 +355,10 @@ def read_totals(samples: Samples, kind: str = "auto", *, model: str | None = Non
         absent = [f for f in _TOKENS if f not in acc]
         if absent:
             raise MetricsMissing(f"{kind}: model {m!r} has no {' and no '.join(absent)} samples")
+        over = [f for f, v in acc.items() if v > MAX_COUNTER]
+        if over:
+            raise BadCounter(f"{kind}: model {m!r}: {over[0]} sums to {acc[over[0]]:g}, beyond any real count "
+                             "(at most 2^53): a reading error")
         models[m] = Counts(
             prompt_tokens=int(acc["prompt_tokens"]),
             completion_tokens=int(acc["completion_tokens"]),
@@ -377,6 +384,8 @@ def _check_value(name: str, labels: dict[str, str], value: float, whole: bool) -
         raise BadCounter(f"{where()} is negative ({value:g}): a counter never goes below 0")
     if whole and not float(value).is_integer():
         raise BadCounter(f"{where()} is {value:g}, not a whole number of tokens")
+    if value > MAX_COUNTER:
+        raise BadCounter(f"{where()} is {value:g}, beyond any real count (at most 2^53): a reading error")
 
 
 def totals_from_text(text: str, kind: str = "auto", *, model: str | None = None,

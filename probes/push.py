@@ -37,14 +37,17 @@ a server.
 from __future__ import annotations
 
 import asyncio
-import json
+import logging
 import os
 import socket
+import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 from meterd.errors import InvalidUsage
+from meterd.limits import InputError, dumps_line, loads_bounded, text_problem
 from meterd.net import is_loopback
 
 DEFAULT_MAX_BYTES = 1024 * 1024
@@ -55,6 +58,11 @@ MAX_TOKENS_PER_RECORD = 10**9  # far beyond any context window: a bigger number 
 MAX_TEXT_CHARS = 256
 # An oversized body is read and dropped up to this size (to answer 413 cleanly), then cut off.
 _DISCARD_BYTES = 64 * 1024 * 1024
+
+# A body is a record or a list of records: anything deeper is refused before it is parsed.
+MAX_BODY_NESTING = 4
+
+log = logging.getLogger(__name__)
 
 _FIELDS = ("model", "prompt_tokens", "completion_tokens", "tenant", "request_id")
 
@@ -89,14 +97,9 @@ def parse_body(body: bytes, max_records: int = DEFAULT_MAX_RECORDS) -> list[Usag
     Raises :class:`InvalidUsage` naming the record (by index in a list) and the field.
     """
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidUsage("the body is not UTF-8 text") from None
-    try:
-        doc = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as e:
-        msg = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
-        raise InvalidUsage(f"the body is not JSON: {msg}") from None
+        doc = loads_bounded(body, MAX_BODY_NESTING)
+    except InputError as e:
+        raise InvalidUsage(str(e)) from None
     if isinstance(doc, dict):
         return [_record(doc, "the record")]
     if isinstance(doc, list):
@@ -127,7 +130,7 @@ def _record(item: Any, where: str) -> UsageRecord:
 def _tokens(v: Any, where: str, name: str) -> int:
     # bool is an int in Python and 1.0 is a float in JSON: neither is a count of tokens.
     if isinstance(v, bool) or not isinstance(v, int):
-        raise InvalidUsage(f"{where}: {name} must be a whole number, not {json.dumps(v)[:40]}")
+        raise InvalidUsage(f"{where}: {name} must be a whole number, not {dumps_line(v)}")
     if not 0 <= v <= MAX_TOKENS_PER_RECORD:
         raise InvalidUsage(f"{where}: {name} must be between 0 and {MAX_TOKENS_PER_RECORD:,}, not {v}")
     return v
@@ -142,6 +145,9 @@ def _text(v: Any, where: str, name: str, required: bool = False) -> str | None:
         raise InvalidUsage(f"{where}: {name} is longer than {MAX_TEXT_CHARS} characters")
     if any(ord(c) < 32 for c in v):
         raise InvalidUsage(f"{where}: {name} contains control characters")
+    problem = text_problem(v)
+    if problem:
+        raise InvalidUsage(f"{where}: {name} {problem}")
     return v
 
 
@@ -191,6 +197,26 @@ class UsageLedger:
 
 
 
+class _RateLimitedLog:
+    """A refused body is a log line, but a client looping on bad bodies gets at most one line
+    every ``every_s`` (with how many were held back)."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self._next = 0.0
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def warning(self, fmt: str, *args) -> None:
+        with self._lock:
+            now = time.monotonic()
+            if now < self._next:
+                self._held += 1
+                return
+            held, self._held, self._next = self._held, 0, now + self.every_s
+        log.warning(fmt + (f" (and {held} more since the last line)" if held else ""), *args)
+
+
 class PushEndpoint:
     """The HTTP endpoint around a :class:`UsageLedger`, served by uvicorn in a background thread.
 
@@ -201,13 +227,16 @@ class PushEndpoint:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, uds: str | None = None,
                  max_bytes: int = DEFAULT_MAX_BYTES, max_records: int = DEFAULT_MAX_RECORDS,
                  max_request_ids: int = DEFAULT_MAX_REQUEST_IDS,
-                 body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> None:
+                 body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S, sink=None) -> None:
         if uds is None and not is_loopback(host):
             raise ValueError(f"the push endpoint listens on loopback or a Unix socket only, not {host!r}: "
                              "it has no authentication")
         self.host, self.port, self.uds = host, port, uds
         self.max_bytes, self.max_records, self.body_timeout_s = max_bytes, max_records, body_timeout_s
-        self.ledger = UsageLedger(max_request_ids)
+        # Where accepted records go: in memory by default; the agent passes a durable journal
+        # (meterd.agent.push_journal.StoreJournal), and then a 200 means committed to disk.
+        self.ledger = sink if sink is not None else UsageLedger(max_request_ids)
+        self._refusals = _RateLimitedLog()
         self._sock: socket.socket | None = None
         self._bound_uds: str | None = None
         self._server = None
@@ -217,6 +246,11 @@ class PushEndpoint:
 
     def drain(self) -> dict[tuple[str, str], PushedUsage]:
         return self.ledger.drain()
+
+    @property
+    def durable(self) -> bool:
+        """True when a 200 means the records are on disk (the agent then reads the journal)."""
+        return bool(getattr(self.ledger, "durable", False))
 
     @property
     def url(self) -> str:
@@ -264,6 +298,9 @@ class PushEndpoint:
             os.unlink(self._bound_uds)
         self._bound_uds = None
         self._server = None
+        close = getattr(self.ledger, "close", None)
+        if close is not None:
+            close()
 
     def __enter__(self) -> "PushEndpoint":
         return self.start()
@@ -302,6 +339,7 @@ class PushEndpoint:
         from starlette.applications import Starlette
         from starlette.requests import Request
         from starlette.responses import JSONResponse
+        from starlette.concurrency import run_in_threadpool
         from starlette.routing import Route
 
         async def usage(request: Request) -> JSONResponse:
@@ -326,8 +364,15 @@ class PushEndpoint:
             try:
                 records = parse_body(bytes(body), self.max_records)
             except InvalidUsage as e:
+                self._refusals.warning("push endpoint refused a body (400): %s", e)
                 return _error(400, str(e))
-            accepted, duplicates = self.ledger.add(records)
+            try:
+                # The journal's write blocks on fsync: off the event loop.
+                accepted, duplicates = await run_in_threadpool(self.ledger.add, records)
+            except (sqlite3.Error, OSError) as e:
+                self._refusals.warning("push endpoint cannot store records (503): %s", e)
+                return _error(503, f"the agent's store cannot take the records now ({e}); nothing "
+                                   "of this body was taken: retry later", retry_after=5)
             return JSONResponse({"accepted": accepted, "duplicates": duplicates})
 
         async def healthz(request: Request) -> JSONResponse:
@@ -337,8 +382,10 @@ class PushEndpoint:
                                  Route("/healthz", healthz, methods=["GET"])])
 
 
-def _error(status: int, message: str, close: bool = False):
+def _error(status: int, message: str, close: bool = False, retry_after: int | None = None):
     from starlette.responses import JSONResponse
 
-    headers = {"Connection": "close"} if close else None
+    headers = {"Connection": "close"} if close else {}
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
     return JSONResponse({"error": message}, status_code=status, headers=headers)

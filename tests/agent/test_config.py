@@ -18,7 +18,24 @@ def check(tmp_path, text):
     ('interval_s = "fast"\n', "interval_s: expected a number, got str 'fast'"),
     ("[prices]\ncapx_per_gpu = 1\n", "prices.capx_per_gpu: unknown key (did you mean 'capex_per_gpu'?)"),
     ("[prices]\nenergy_per_kwh = -0.1\n", "prices.energy_per_kwh: a price cannot be negative, got -0.1"),
-    ("[prices]\npue = 0.8\n", "prices.pue: must be at least 1, got 0.8"),
+    ("[prices]\npue = 0.8\n", "prices.pue: must be from 1 to 10 (facility power over IT power), got 0.8"),
+    ("[prices]\npue = 1e6\n", "prices.pue: must be from 1 to 10"),
+    ("[prices]\ncapex_per_gpu = 1e300\n", "prices.capex_per_gpu: 1e+300 is beyond any real price"),
+    ("[prices]\nenergy_per_kwh = 1e12\n", "prices.energy_per_kwh: 1e+12 is beyond any real price"),
+    ("[prices]\nenergy_per_kwh = 1e-9\n", "less than a micro-unit"),
+    ("[prices]\ndepreciation_years = 1e-300\n", "prices.depreciation_years: must be from 0.1 to 100 years"),
+    ("[prices]\ndepreciation_years = 0\n", "prices.depreciation_years: must be from 0.1 to 100 years"),
+    ("[prices]\ncurrency = \"usd\"\n", "ISO 4217 currency code such as USD, EUR or JPY (codes are upper case)"),
+    ("[prices]\ncurrency = \"DOLLARS\"\n", "prices.currency: expected an ISO 4217"),
+    ("store_max_pending_windows = 0\n", "store_max_pending_windows: expected a whole number from 1"),
+    ("[push]\nlisten = \"0.0.0.0:9465\"\n", "push.listen: the push endpoint listens on loopback"),
+    ("[push]\nlisten = \"127.0.0.1:99999\"\n", "port"),
+    ("[metrics]\nlisten = \"not-an-ip:9464\"\n", "metrics.listen: 'not-an-ip' is not an IP address"),
+    ("[ship]\nurl = \"http://192.0.2.1:8650/api/v1/events\"\ntoken_file = \"t\"\n", "ship.url: "),
+    ("[ship]\nurl = \"https://collector.example:8650/api/v1/events\"\n", "ship.token_file: shipping needs a bearer token"),
+    ("[ship]\nurl = \"https://collector.example:8650/api/v1/events\"\ntoken_file = \"/nonexistent/t\"\n", "ship.token_file: token file"),
+    ("a = " + "[" * 5000 + "]" * 5000 + "\n", "nested"),
+    ("a = " + "{b = " * 3000 + "1" + "}" * 3000 + "\n", "nested"),
     ("window_s = 7\n", "window_s: must divide an hour evenly"),
     ("[[sources]]\nkind = \"vlm\"\nurl = \"http://x\"\n", "sources[0].kind: expected one of vllm"),
     ("[[sources]]\nkind = \"vllm\"\n", "sources[0].url: expected a non-empty string"),
@@ -31,6 +48,34 @@ def test_config_check_names_the_key_and_the_problem(tmp_path, text, message):
     assert r.exit_code != 0
     assert message in r.output
     assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_config_check_on_a_file_that_is_not_utf8_is_one_line(tmp_path):
+    p = tmp_path / "meterd.toml"
+    p.write_bytes(b"node = \"\xff\xfe\"\n")
+    r = CliRunner().invoke(main, ["config", "check", str(p)])
+    assert r.exit_code != 0 and "not UTF-8" in r.output
+    assert "Traceback" not in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_the_agent_refuses_what_config_check_refuses(tmp_path):
+    p = tmp_path / "meterd.toml"
+    p.write_text("[push]\nlisten = \"0.0.0.0:9465\"\n")
+    r = CliRunner().invoke(main, ["agent", "--config", str(p), "--duration", "1", "--db", str(tmp_path / "m.db")])
+    assert r.exit_code != 0 and "push.listen: the push endpoint listens on loopback" in r.output
+
+
+def test_the_agent_never_overflows_on_the_largest_prices_config_check_takes(tmp_path):
+    """The bounds are what keeps a window's cost inside SQLite's INTEGER."""
+    from meterd.agent.config import MAX_ENERGY_PER_KWH, MAX_MONEY
+    from meterd.agent.costmodel import DeviceShare, window_cost
+
+    cfg = parse_config({"prices": {"capex_per_gpu": MAX_MONEY, "capex_per_node": MAX_MONEY,
+                                   "depreciation_years": 0.1, "energy_per_kwh": MAX_ENERGY_PER_KWH,
+                                   "opex_per_node_month": MAX_MONEY, "pue": 10.0, "residual_fraction": 0}})
+    # the most a device can draw (windows.MAX_DEVICE_POWER_W) over the longest window
+    cost = window_cost(0.0, 3600.0, 100_000.0 * 3600, cfg.prices, DeviceShare.for_node(True, 1))
+    assert 0 < cost.total_micro < 2**63
 
 
 def test_config_check_missing_file(tmp_path):

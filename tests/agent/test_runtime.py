@@ -140,7 +140,7 @@ def test_a_second_agent_on_the_same_store_is_refused_and_closes_its_own(gpus, tm
 def test_bad_shipping_setup_is_refused_before_anything_opens(no_nvml, tmp_path):
     db = tmp_path / "m.db"
     config = runtime.load(None, runtime.Overrides(store=str(db), ship_url="https://collector.invalid/api/v1/events"))
-    with pytest.raises(ShipError, match="needs a bearer token"):
+    with pytest.raises(ConfigError, match="ship.token_file: shipping needs a bearer token"):
         runtime.run_agent(config=config, duration_s=1)
     assert not db.exists()
 

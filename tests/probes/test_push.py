@@ -40,7 +40,13 @@ def test_one_record_or_a_list():
     (b"", "not JSON"),
     (b"{\"model\": ", "not JSON"),                                    # truncated
     (b"\xff\xfe\x00junk", "not UTF-8"),                               # binary
-    (b"[" * 100_000 + b"]" * 100_000, "not JSON"),                    # nested too deep
+    (b"[" * 100_000 + b"]" * 100_000, "nested 100000 levels deep"),   # nested too deep
+    (b"[" * 5 + b"]" * 5, "nested 5 levels deep"),
+    (b'{"model": "\\ud800", "prompt_tokens": 1, "completion_tokens": 1}', "lone surrogate"),
+    (b'{"model": "m", "tenant": "\\udfff", "prompt_tokens": 1, "completion_tokens": 1}', "lone surrogate"),
+    (b'{"model": "\xed\xa0\x80", "prompt_tokens": 1, "completion_tokens": 1}', "not UTF-8"),
+    (b'{"model": "m", "prompt_tokens": ' + b"9" * 5000 + b', "completion_tokens": 1}', "not acceptable JSON"),
+    (b'{"model": "m\\u0000", "prompt_tokens": 1, "completion_tokens": 1}', "NUL character"),
     (body("hello"), "a JSON object"),
     (body(42), "a JSON object"),
     (body([REC, 5]), "record 2 of 2: must be a JSON object"),

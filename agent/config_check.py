@@ -1,0 +1,72 @@
+"""The one decision on whether the agent can run with a config: ``meter config check`` and the
+agent's start both call :func:`check_agent_config`, so a config that ``check`` calls ok is one
+the agent takes (and one it refuses, ``check`` refuses with the same line).
+
+:func:`meterd.agent.config.parse_config` checks each key alone (types, numeric bounds, the
+currency code); this adds what needs the whole config or the machine: the interval against the
+window, listen addresses (the push endpoint on loopback or a Unix socket only), the ship URL and
+its token file (present, a regular file, not readable by group or others).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+
+from meterd.agent.config import Config, ConfigError
+from meterd.net import is_loopback
+
+
+def _host_port(key: str, listen: str) -> tuple[str, int]:
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{key}: port {port!r} is out of range: a port is 0 to 65535 (0 picks a free one)")
+    if host and host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(f"{key}: {host!r} is not an IP address (or localhost)") from None
+    return host or "127.0.0.1", int(port)
+
+
+def check_listen(key: str, listen: str, loopback_only: bool = False) -> None:
+    if listen.startswith("unix:"):
+        path = listen[len("unix:"):]
+        parent = os.path.dirname(path) or "."
+        if not os.path.isdir(parent):
+            raise ConfigError(f"{key}: the socket's directory {parent} does not exist")
+        return
+    host, _ = _host_port(key, listen)
+    if loopback_only and not is_loopback(host):
+        raise ConfigError(f"{key}: the push endpoint listens on loopback or a Unix socket only, not {host!r}: "
+                          "it has no authentication")
+
+
+def check_agent_config(config: Config) -> str | None:
+    """Raise :class:`ConfigError` (one line naming the key) if the agent would refuse
+    ``config``; returns the ship token when shipping is configured."""
+    if config.interval_s > config.window_s:
+        raise ConfigError(f"interval_s: must not exceed window_s ({config.window_s} s), got {config.interval_s}")
+    if config.push_listen:
+        check_listen("push.listen", config.push_listen, loopback_only=True)
+    if config.metrics_listen:
+        check_listen("metrics.listen", config.metrics_listen)
+    if config.store and os.path.isdir(config.store):
+        raise ConfigError(f"store: {config.store} is a directory; give the path of the database file")
+    if not config.ship_url:
+        if config.ship_token_file:
+            raise ConfigError("ship.token_file: set without ship.url")
+        return None
+    from meterd.agent.shipper import ShipError, check_url, read_token_file
+
+    try:
+        check_url(config.ship_url, config.ship_allow_insecure)
+    except ShipError as e:
+        raise ConfigError(f"ship.url: {e}") from None
+    if not config.ship_token_file:
+        raise ConfigError("ship.token_file: shipping needs a bearer token: --token-file FILE or [ship] token_file")
+    try:
+        return read_token_file(config.ship_token_file)
+    except ShipError as e:
+        raise ConfigError(f"ship.token_file: {e}") from None
