@@ -27,7 +27,8 @@ from meterd.agent.costmodel import node_shares
 from meterd.agent.ledger import price_window
 from meterd.agent.metrics import AgentState
 from meterd.agent import push_journal
-from meterd.agent.store_writer import AGENT_BUSY_TIMEOUT_MS, StoreWriter, WriterStatus, sqlite_reason
+from meterd.agent.store_writer import (AGENT_BUSY_TIMEOUT_MS, StoreWriter, WriterStatus, rollback_quietly,
+                                       sqlite_reason)
 from meterd.agent.sampler import Clocks, ConcurrentReader, ProbeHealth, Schedule, ticks
 from meterd.agent.store import Store
 from meterd.agent.systemd import Notifier
@@ -277,6 +278,7 @@ class Agent:
         try:
             self._prune_now(now)
         except sqlite3.Error as e:
+            rollback_quietly(self.store.conn)
             self.writer.note_failure(sqlite_reason(e))
 
     def _prune_now(self, now: float) -> None:
@@ -373,6 +375,7 @@ class Agent:
         try:
             self.store.insert_samples(self._sample_rows)
         except sqlite3.Error as e:
+            rollback_quietly(self.store.conn)
             self.writer.note_failure(sqlite_reason(e))
             del self._sample_rows[:-MAX_HELD_SAMPLES]
             return

@@ -34,7 +34,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable
 
-from meterd.agent.sqlite_tx import Immediate
+from meterd.sqlite_store import Immediate
 
 log = logging.getLogger(__name__)
 
@@ -101,26 +101,35 @@ class StoreJournal:
         """Journal ``records`` (:class:`meterd.probes.push.UsageRecord`) in one transaction;
         returns (accepted, duplicates). Raises :class:`sqlite3.Error` when the store cannot
         take the write: then nothing of the body was taken."""
-        accepted = duplicates = 0
         now = self.wall()
         with self._lock:
-            with Immediate(self._conn) as c:
-                seq = c.execute("SELECT coalesce(max(seq), 0) FROM push_request_ids").fetchone()[0]
-                for r in records:
-                    if r.request_id is not None:
-                        seq += 1
-                        if c.execute("INSERT OR IGNORE INTO push_request_ids(request_id, seq) VALUES (?, ?)",
-                                     [r.request_id, seq]).rowcount == 0:
-                            duplicates += 1
-                            continue
-                    c.execute("INSERT INTO push_journal(received_at, model, tenant, prompt_tokens,"
-                              " completion_tokens) VALUES (?, ?, ?, ?, ?)",
-                              [now, r.model, r.tenant or "", r.prompt_tokens, r.completion_tokens])
-                    accepted += 1
-                self._since_trim += accepted + duplicates
-                if self._since_trim >= 1000:
-                    self._since_trim = 0
-                    c.execute("DELETE FROM push_request_ids WHERE seq <= ?", [seq - self.max_request_ids])
+            try:
+                return self._add(records, now)
+            except sqlite3.Error:
+                from meterd.agent.store_writer import rollback_quietly
+
+                rollback_quietly(self._conn)
+                raise
+
+    def _add(self, records: Iterable, now: float) -> tuple[int, int]:
+        accepted = duplicates = 0
+        with Immediate(self._conn) as c:
+            seq = c.execute("SELECT coalesce(max(seq), 0) FROM push_request_ids").fetchone()[0]
+            for r in records:
+                if r.request_id is not None:
+                    seq += 1
+                    if c.execute("INSERT OR IGNORE INTO push_request_ids(request_id, seq) VALUES (?, ?)",
+                                 [r.request_id, seq]).rowcount == 0:
+                        duplicates += 1
+                        continue
+                c.execute("INSERT INTO push_journal(received_at, model, tenant, prompt_tokens,"
+                          " completion_tokens) VALUES (?, ?, ?, ?, ?)",
+                          [now, r.model, r.tenant or "", r.prompt_tokens, r.completion_tokens])
+                accepted += 1
+            self._since_trim += accepted + duplicates
+            if self._since_trim >= 1000:
+                self._since_trim = 0
+                c.execute("DELETE FROM push_request_ids WHERE seq <= ?", [seq - self.max_request_ids])
         return accepted, duplicates
 
     def drain(self) -> dict:

@@ -56,6 +56,16 @@ class WriterStatus:
     dropped_windows_total: int = 0
 
 
+def rollback_quietly(conn: sqlite3.Connection) -> None:
+    """After a failed write: a COMMIT that failed (SQLITE_FULL, SQLITE_BUSY) can leave the
+    transaction open, and every later BEGIN would fail. End it, whatever state it is in."""
+    try:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass
+
+
 def sqlite_reason(e: BaseException) -> str:
     """One line: the SQLite error and what it means for the operator."""
     msg = str(e).splitlines()[0] if str(e) else type(e).__name__
@@ -118,9 +128,11 @@ class StoreWriter:
             try:
                 new += self.store.commit_windows(batch.rows, batch.push_cursors or None, self.push_targets())
             except sqlite3.Error as e:
+                rollback_quietly(self.store.conn)
                 self._failed(sqlite_reason(e))
                 return new
             except (OverflowError, ValueError, TypeError) as e:  # this batch can never be stored
+                rollback_quietly(self.store.conn)
                 self.pending.popleft()
                 self.status.dropped_windows_total += len(batch.rows)
                 log.error("windows the store cannot take (%s) were dropped: %s", e,

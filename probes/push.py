@@ -16,10 +16,11 @@ is 413, a body that does not arrive within ``body_timeout_s`` (default 10 s) is 
 Only loopback addresses (or a Unix socket) are accepted: the endpoint has no authentication,
 and anything that can reach it can bill tokens.
 
-Idempotency is remembered for the last ``max_request_ids`` ids (default 100,000: measured
-about 18 MB of RAM with UUID ids, about 40 MB with ids of the maximum 256 characters), oldest
-forgotten first, and only for the life of the process: a retry that arrives after 100,000 newer ids, or after an agent restart, counts
-again. Workloads that retry late should keep their retries within that horizon.
+Idempotency is remembered for the last ``max_request_ids`` ids (default 100,000), oldest
+forgotten first. In memory (:class:`UsageLedger`, measured about 18 MB of RAM with UUID ids) that
+is for the life of the process; the agent passes a durable sink instead
+(:class:`meterd.agent.push_journal.StoreJournal`): then the ids live in the store, across
+restarts, and a 200 means the records are committed to disk; a sink that cannot write is a 503.
 
 For the agent::
 
