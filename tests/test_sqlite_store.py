@@ -153,6 +153,8 @@ def test_a_read_does_not_upgrade_an_older_store_and_says_so(agent_db):
     s = open_store(agent_db)
     s.conn.execute("ALTER TABLE rollups DROP COLUMN idle_util_pct_s")
     s.conn.execute("ALTER TABLE rollups DROP COLUMN idle_seconds")
+    for table in ("push_journal", "push_request_ids", "push_cursors"):  # schema 3
+        s.conn.execute(f"DROP TABLE {table}")
     s.close()
     _set_version(agent_db, 1)
     with pytest.raises(StoreVersionError, match=rf"schema version 1, older than this meterd's \({len(MIGRATIONS)}\): "
