@@ -14,30 +14,23 @@ import ipaddress
 import os
 
 from meterd.agent.config import Config, ConfigError
-from meterd.net import is_loopback
+from meterd.net import is_loopback, parse_listen
 
 
-def _host_port(key: str, listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]")
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{key}: port {port!r} is out of range: a port is 0 to 65535 (0 picks a free one)")
-    if host and host != "localhost":
+def check_listen(key: str, listen: str, loopback_only: bool = False) -> None:
+    """HOST:PORT (the one parser, meterd/net.py) or unix:PATH (whose directory may only appear
+    when the service starts: systemd's RuntimeDirectory)."""
+    if listen.startswith("unix:"):
+        return
+    try:
+        host, _ = parse_listen(listen)
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}") from None
+    if host != "localhost" and not is_loopback(host):
         try:
             ipaddress.ip_address(host)
         except ValueError:
             raise ConfigError(f"{key}: {host!r} is not an IP address (or localhost)") from None
-    return host or "127.0.0.1", int(port)
-
-
-def check_listen(key: str, listen: str, loopback_only: bool = False) -> None:
-    if listen.startswith("unix:"):
-        path = listen[len("unix:"):]
-        parent = os.path.dirname(path) or "."
-        if not os.path.isdir(parent):
-            raise ConfigError(f"{key}: the socket's directory {parent} does not exist")
-        return
-    host, _ = _host_port(key, listen)
     if loopback_only and not is_loopback(host):
         raise ConfigError(f"{key}: the push endpoint listens on loopback or a Unix socket only, not {host!r}: "
                           "it has no authentication")
