@@ -153,7 +153,7 @@ def test_a_read_does_not_upgrade_an_older_store_and_says_so(agent_db):
     s = open_store(agent_db)
     s.conn.execute("ALTER TABLE rollups DROP COLUMN idle_util_pct_s")
     s.conn.execute("ALTER TABLE rollups DROP COLUMN idle_seconds")
-    for table in ("push_journal", "push_request_ids", "push_cursors"):  # schema 3
+    for table in ("push_journal", "push_request_ids", "push_cursors"):  # schema 4
         s.conn.execute(f"DROP TABLE {table}")
     s.close()
     _set_version(agent_db, 1)
