@@ -5,7 +5,8 @@ the agent takes (and one it refuses, ``check`` refuses with the same line).
 :func:`meterd.agent.config.parse_config` checks each key alone (types, numeric bounds, the
 currency code); this adds what needs the whole config or the machine: the interval against the
 window, listen addresses (the push endpoint on loopback or a Unix socket only), the ship URL and
-its token file (present, a regular file, not readable by group or others).
+its token file (present, a regular file, not readable by group or others; one under
+``${CREDENTIALS_DIRECTORY}`` is checked where that is set, i.e. when systemd starts the service).
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ def check_listen(key: str, listen: str, loopback_only: bool = False) -> None:
                           "it has no authentication")
 
 
-def check_agent_config(config: Config) -> str | None:
+def check_agent_config(config: Config, starting: bool = False) -> str | None:
     """Raise :class:`ConfigError` (one line naming the key) if the agent would refuse
-    ``config``; returns the ship token when shipping is configured."""
+    ``config``; returns the ship token when shipping is configured (``starting``: the agent's
+    start, where the token file must be there whatever its path)."""
     if config.interval_s > config.window_s:
         raise ConfigError(f"interval_s: must not exceed window_s ({config.window_s} s), got {config.interval_s}")
     if config.push_listen:
@@ -59,6 +61,9 @@ def check_agent_config(config: Config) -> str | None:
         raise ConfigError(f"ship.url: {e}") from None
     if not config.ship_token_file:
         raise ConfigError("ship.token_file: shipping needs a bearer token: --token-file FILE or [ship] token_file")
+    if (not starting and "CREDENTIALS_DIRECTORY" in config.ship_token_file
+            and not os.environ.get("CREDENTIALS_DIRECTORY")):
+        return None  # systemd's LoadCredential= makes it when the service starts: checked then
     try:
         return read_token_file(config.ship_token_file)
     except ShipError as e:

@@ -103,7 +103,7 @@ def ship_token(config: Config) -> str | None:
     agent/config_check.py); the bearer token when the config ships, else None."""
     from meterd.agent.config_check import check_agent_config
 
-    return check_agent_config(config)
+    return check_agent_config(config, starting=True)
 
 
 def start_push(listen: str, store_path: str | Path | None = None) -> "PushEndpoint":
