@@ -122,8 +122,12 @@ def start_push(listen: str, store_path: str | Path | None = None) -> "PushEndpoi
         else:
             endpoint = PushEndpoint(*parse_listen(listen), sink=sink)
         endpoint.start()
-    except (ValueError, OSError, RuntimeError) as e:
-        raise ConfigError(f"push endpoint {listen}: {e}") from None
+    except BaseException as e:
+        if sink is not None:
+            sink.close()  # the journal's own connection: the endpoint never took it
+        if isinstance(e, (ValueError, OSError, RuntimeError)):
+            raise ConfigError(f"push endpoint {listen}: {e}") from None
+        raise
     log.info("push endpoint for usage records on %s", listen if endpoint.uds else endpoint.url + "/v1/usage")
     return endpoint
 

@@ -93,7 +93,22 @@ def test_run_agent_meters_and_closes_everything(gpus, tmp_path):
     store.close()
 
 
-def test_a_busy_port_closes_what_was_already_open(gpus, tmp_path):
+def test_a_busy_port_closes_what_was_already_open(gpus, tmp_path, monkeypatch):
+    from meterd.agent import push_journal
+
+    journals = []
+
+    class Journal(push_journal.StoreJournal):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.closed = False
+            journals.append(self)
+
+        def close(self):
+            self.closed = True
+            super().close()
+
+    monkeypatch.setattr(push_journal, "StoreJournal", Journal)
     db = tmp_path / "m.db"
     mport = free_port()
     config = runtime.load(None, runtime.Overrides(store=str(db), interval_s=0.1, window_s=1,
@@ -108,6 +123,7 @@ def test_a_busy_port_closes_what_was_already_open(gpus, tmp_path):
     # the metrics server (started before the push endpoint), NVML, the store and its lock
     assert port_is_free(mport) and gpus.initialised == 0 and lock_is_free(db)
     assert len(nodes.nodes) == 1
+    assert len(journals) == 1 and journals[0].closed  # the push journal's connection too
 
 
 def test_a_crash_inside_the_runtime_closes_everything(gpus, tmp_path):
