@@ -20,16 +20,35 @@ needs the tokens of each interval, so :class:`CounterTracker` keeps the last tot
   interval of the gap itself reports a gap, never zero tokens (``Update.gap``). A model missing
   from one scrape is likewise kept, not reset.
 
+- **Origins survive the agent.** ``CounterTracker(origins=...)`` starts from the totals the
+  agent last committed (the store keeps them with the window that consumed them): the first
+  scrape after an agent restart (``kill -9`` included) is then a delta against them, not a
+  baseline (``Update.resumed``), so the tokens served while the agent was down are billed.
+  If the server restarted meanwhile (a counter went down) what it served since is counted from
+  its new zero and whatever it served before it restarted is lost (``Update.restarted``).
+
 Values: tokens are ``int`` (≥ 0), seconds are ``float`` (≥ 0) or ``None`` where the server
-does not report them.
+does not report them. Each :class:`Counts` says where its tokens come from
+(``provenance``): ``counter`` (exact integer counters), ``rounded`` (a counter printed with
+fewer digits than it has, e.g. llama.cpp's ``1.23457e+06``, or beyond 2^53; ``error_bound``
+is how many tokens it may be off by), ``histogram`` (a histogram's ``_sum``), ``push``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 
 _TOKEN_FIELDS = ("prompt_tokens", "completion_tokens", "cached_tokens")
 _SECONDS_FIELDS = ("prefill_s", "decode_s")
+_VALUE_FIELDS = _TOKEN_FIELDS + _SECONDS_FIELDS
+#: Token provenance, best first: a figure made of several takes the worst.
+PROVENANCES = ("counter", "push", "histogram", "rounded")
+_PROV_RANK = {p: i for i, p in enumerate(PROVENANCES)}
+
+
+def worst_provenance(*ps: str | None) -> str | None:
+    known = [p for p in ps if p is not None]
+    return max(known, key=_PROV_RANK.__getitem__) if known else None
 
 
 @dataclass(frozen=True)
@@ -47,8 +66,15 @@ class Counts:
     prefill_s: float | None = None
     decode_s: float | None = None
     cached_tokens: int | None = None
+    provenance: str = "counter"
+    error_bound: int = 0
 
     def __post_init__(self) -> None:
+        if self.provenance not in _PROV_RANK:
+            raise ValueError(f"provenance must be one of {', '.join(PROVENANCES)}, got {self.provenance!r}")
+        if isinstance(self.error_bound, bool) or not isinstance(self.error_bound, int) or self.error_bound < 0:
+            raise ValueError(f"error_bound must be an integer >= 0, got {self.error_bound!r}")
+
         for name in _TOKEN_FIELDS:
             v = getattr(self, name)
             if v is None and name == "cached_tokens":
@@ -91,6 +117,9 @@ class Update:
     ``baseline``: the first good scrape of this server, which only sets the origin.
     ``restarted``: models whose counters went down (the server or the model restarted).
     ``new_models``: models first seen on a server already baselined, counted from zero.
+    ``resumed``: the first scrape after the agent started from committed origins; its deltas
+    hold what the server served while the agent was down (a backfill), except for the models
+    in ``restarted``, whose earlier tokens are lost.
     """
 
     deltas: dict[str, Counts] = field(default_factory=dict)
@@ -98,6 +127,7 @@ class Update:
     baseline: bool = False
     restarted: frozenset[str] = frozenset()
     new_models: frozenset[str] = frozenset()
+    resumed: bool = False
 
     @property
     def prompt_tokens(self) -> int:
@@ -109,8 +139,8 @@ class Update:
 
 
 def _went_down(old: Counts, new: Counts) -> bool:
-    for f in fields(Counts):
-        a, b = getattr(old, f.name), getattr(new, f.name)
+    for name in _VALUE_FIELDS:
+        a, b = getattr(old, name), getattr(new, name)
         if a is not None and b is not None and b < a:
             return True
     return False
@@ -118,15 +148,20 @@ def _went_down(old: Counts, new: Counts) -> bool:
 
 def _delta(old: Counts, new: Counts) -> Counts:
     """new − old field by field; a field that only ``new`` has counts from zero."""
-    out = {}
-    for f in fields(Counts):
-        a, b = getattr(old, f.name), getattr(new, f.name)
+    out: dict = {}
+    for name in _VALUE_FIELDS:
+        a, b = getattr(old, name), getattr(new, name)
         if b is None:
-            out[f.name] = None
+            out[name] = None
         elif a is None:
-            out[f.name] = b
+            out[name] = b
         else:
-            out[f.name] = b - a
+            out[name] = b - a
+    # A difference of two rounded readings may be off by both their bounds.
+    out["provenance"] = worst_provenance(old.provenance, new.provenance)
+    out["error_bound"] = old.error_bound + new.error_bound
+    if out["provenance"] != "rounded":
+        out["error_bound"] = 0
     if out["prompt_tokens"] is None:  # pragma: no cover - Counts forbids it
         raise AssertionError("prompt_tokens is required")
     # Float subtraction can leave -1e-17 on an unchanged seconds counter.
@@ -139,7 +174,7 @@ def _delta(old: Counts, new: Counts) -> Counts:
 def _merge(old: Counts, new: Counts) -> Counts:
     """The state to keep: ``new``, but a field this scrape did not report keeps its old value
     so that its next appearance is compared with what was last seen."""
-    kept = {f.name: getattr(old, f.name) for f in fields(Counts) if getattr(new, f.name) is None}
+    kept = {name: getattr(old, name) for name in _VALUE_FIELDS if getattr(new, name) is None}
     return replace(new, **kept) if kept else new
 
 
@@ -150,16 +185,23 @@ class CounterTracker:
     one tracker belongs to one sampling loop.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, origins: dict[str, dict[str, Counts]] | None = None) -> None:
         self._last: dict[str, dict[str, Counts]] = {}
+        # Totals committed by an earlier run of the agent, used once per server.
+        self._origins: dict[str, dict[str, Counts]] = {k: dict(v) for k, v in (origins or {}).items()}
 
     def update(self, server: str, result: Totals | Gap) -> Update:
         if isinstance(result, Gap):
             return Update(gap=result)
         last = self._last.get(server)
+        resumed = False
         if last is None:
-            self._last[server] = dict(result.models)
-            return Update(baseline=True)
+            origin = self._origins.pop(server, None)
+            if origin is None:
+                self._last[server] = dict(result.models)
+                return Update(baseline=True)
+            last = self._last[server] = origin
+            resumed = True
         deltas: dict[str, Counts] = {}
         restarted: set[str] = set()
         new_models: set[str] = set()
@@ -176,11 +218,19 @@ class CounterTracker:
             else:
                 deltas[model] = _delta(before, now)
                 last[model] = _merge(before, now)
-        return Update(deltas=deltas, restarted=frozenset(restarted), new_models=frozenset(new_models))
+        return Update(deltas=deltas, restarted=frozenset(restarted), new_models=frozenset(new_models),
+                      resumed=resumed)
 
     def forget(self, server: str) -> None:
         """Drop a server's origin (it was removed from the config): its next scrape is a baseline."""
         self._last.pop(server, None)
+
+    def all_totals(self) -> dict[str, dict[str, Counts]]:
+        """Every server's last totals (copies): what the store commits as origins. Origins not
+        used yet (a server not scraped successfully since the agent started) are kept too."""
+        out = {k: dict(v) for k, v in self._origins.items()}
+        out.update({k: dict(v) for k, v in self._last.items()})
+        return out
 
     def last_totals(self, server: str) -> dict[str, Counts] | None:
         """The totals last seen for ``server`` (a copy), or ``None`` before its first good scrape."""

@@ -58,6 +58,7 @@ Exceptions (all carry one line for people)::
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as _parse_openmetrics
@@ -118,6 +119,12 @@ class ServerSpec:
     # Sample-name prefixes that identify the server even when its token metrics are absent,
     # so that `auto` can say "this is vLLM, but vllm:prompt_tokens_total is missing".
     prefixes: tuple[str, ...] = ()
+    # llama.cpp's prompt counter leaves out the prompt tokens its cache served: every prompt
+    # token of the requests (what a client's usage.prompt_tokens counts) is the sum of the two.
+    prompt_excludes_cached: bool = False
+
+    def sample_names(self) -> frozenset[str]:
+        return frozenset(n for f in self.fields for n in f.samples)
 
 
 def counter(name: str) -> tuple[str, ...]:
@@ -145,7 +152,8 @@ SPECS: dict[str, ServerSpec] = {
                       counter("vllm:generation_tokens") + hist_sum("vllm:request_generation_tokens"), True),
                 Field("prefill_s", hist_sum("vllm:request_prefill_time_seconds")),
                 Field("decode_s", hist_sum("vllm:request_decode_time_seconds")),
-                Field("cached_tokens", counter("vllm:prefix_cache_hits")),
+                # Local and external (LMCache, KV transfer) cache hits; older vLLM: local only.
+                Field("cached_tokens", counter("vllm:prompt_tokens_cached") + counter("vllm:prefix_cache_hits")),
             ),
             ("vllm:",),
         ),
@@ -154,6 +162,7 @@ SPECS: dict[str, ServerSpec] = {
             (
                 Field("prompt_tokens", counter("sglang:prompt_tokens"), True),
                 Field("completion_tokens", counter("sglang:generation_tokens"), True),
+                # One series per cache_source (device, host, storage): summed.
                 Field("cached_tokens", counter("sglang:cached_tokens")),
             ),
             ("sglang:",),
@@ -177,8 +186,10 @@ SPECS: dict[str, ServerSpec] = {
                 Field("completion_tokens", counter("llamacpp:tokens_predicted"), True),
                 Field("prefill_s", counter("llamacpp:prompt_seconds")),
                 Field("decode_s", counter("llamacpp:tokens_predicted_seconds")),
+                Field("cached_tokens", counter("llamacpp:prompt_tokens_cached")),
             ),
             ("llamacpp:",),
+            prompt_excludes_cached=True,
         ),
         ServerSpec(
             "trtllm", "model_name",
@@ -193,6 +204,29 @@ SPECS: dict[str, ServerSpec] = {
                 Field("cached_tokens", counter("trtllm_prompt_cached_tokens") + counter("trtllm:prompt_cached_tokens")),
             ),
             ("trtllm_", "trtllm:"),
+        ),
+        ServerSpec(
+            # LMDeploy's api_server (lmdeploy/metrics/metrics_processor.py), label model_name.
+            "lmdeploy", "model_name",
+            (
+                Field("prompt_tokens", counter("lmdeploy:prompt_tokens"), True),
+                Field("completion_tokens", counter("lmdeploy:generation_tokens"), True),
+                Field("prefill_s", hist_sum("lmdeploy:request_prefill_time_seconds")),
+                Field("decode_s", hist_sum("lmdeploy:request_decode_time_seconds")),
+            ),
+            ("lmdeploy:",),
+        ),
+        ServerSpec(
+            # NVIDIA Dynamo's HTTP frontend: input tokens per request as a histogram, output
+            # tokens as a counter, label model.
+            "dynamo", "model",
+            (
+                Field("prompt_tokens", hist_sum("dynamo_frontend_input_sequence_tokens"), True),
+                Field("completion_tokens", counter("dynamo_frontend_output_tokens")
+                      + hist_sum("dynamo_frontend_output_sequence_tokens"), True),
+                Field("cached_tokens", hist_sum("dynamo_frontend_cached_tokens")),
+            ),
+            ("dynamo_frontend_",),
         ),
         ServerSpec(
             "triton", "model",
@@ -238,16 +272,82 @@ class GenericMetrics:
 
 @dataclass
 class Samples:
-    """The parsed scrape: sample name → [(labels, value)]."""
+    """The parsed scrape: sample name → [(labels, value)].
+
+    ``bounds``: (sample name, index in ``by_name[name]``) → how many units the printed value may
+    be off by, for values printed with fewer digits than they have (exponent form, e.g.
+    llama.cpp's ``1.23457e+06``) or beyond 2^53. ``seen``: every sample name on the page, also
+    those filtered out before parsing (for messages only).
+    """
 
     by_name: dict[str, list[tuple[dict[str, str], float]]] = field(default_factory=dict)
+    bounds: dict[tuple[str, int], int] = field(default_factory=dict)
+    seen: set[str] | None = None
 
     def names(self) -> set[str]:
         return set(self.by_name)
 
+    def all_names(self) -> set[str]:
+        return self.seen if self.seen is not None else self.names()
 
-def parse_exposition(text: str, openmetrics: bool = False) -> Samples:
+
+# Servers print counters in different ways: Go and Python print every digit, C++'s default
+# stream (llama.cpp) 6 significant digits. A value in exponent form is taken to have at least 6.
+MIN_SIGNIFICANT_DIGITS = 6
+_EXACT_LIMIT = 2.0 ** 53
+
+
+def print_error_bound(token: str, value: float) -> int:
+    """How many units a printed value may be off by: 0 when every unit digit is there."""
+    bound = 0
+    if not isinstance(value, float) or not math.isfinite(value):
+        return 0  # NaN and infinities are refused as counters anyway
+    t = token.strip()
+    if "e" in t or "E" in t:
+        mant, _, exp_s = t.lower().partition("e")
+        try:
+            exp = int(exp_s)
+        except ValueError:
+            exp = 0
+        mant = mant.lstrip("+-")
+        decimals = len(mant.partition(".")[2])
+        decimals = max(decimals, MIN_SIGNIFICANT_DIGITS - 1)
+        if exp > decimals:  # the last printed digit is 10^(exp - decimals) units
+            bound = 5 * 10 ** (exp - decimals - 1)
+    if abs(value) >= _EXACT_LIMIT:
+        bound = max(bound, math.ceil(math.ulp(value) / 2))
+    return bound
+
+
+_NAME_AT_LINE_START = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)", re.M)
+_filters: dict[frozenset[str], re.Pattern] = {}
+
+
+def _line_filter(names: frozenset[str]) -> re.Pattern:
+    pat = _filters.get(names)
+    if pat is None:
+        alt = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+        # The sample's name, its labels (a label value holds no raw newline: it is escaped),
+        # then the value (and maybe a timestamp).
+        # (A malformed line of a wanted metric is kept, so that the parser refuses it.)
+        pat = re.compile(r"^(?:" + alt + r")[{ \t][^\n]*$", re.M)
+        if len(_filters) > 64:
+            _filters.clear()
+        _filters[names] = pat
+    return pat
+
+
+def _value_token(line: str) -> str:
+    rest = line[line.rindex("}") + 1:] if "}" in line else line.split(None, 1)[1]
+    return rest.split()[0]
+
+
+def parse_exposition(text: str, openmetrics: bool = False, keep: frozenset[str] | None = None) -> Samples:
     """Parse Prometheus text exposition (or OpenMetrics) into samples.
+
+    ``keep``: the sample names wanted; other lines are dropped before the parser sees them (a
+    vLLM page is mostly histogram buckets nobody here reads). Comment lines go too: matching is
+    on sample names, which TYPE lines do not change.
 
     Raises :class:`NotPrometheusText` for anything the parser rejects, and for text that does
     not end with a newline: the format ends every line with one, so a body without it was cut
@@ -263,14 +363,44 @@ def parse_exposition(text: str, openmetrics: bool = False) -> Samples:
     if text and not text.endswith("\n"):
         raise NotPrometheusText("not Prometheus text: the body does not end with a newline (truncated?)")
     out = Samples()
+    lines: list[str] | None = None
+    if keep is not None and not openmetrics:
+        lines = _line_filter(keep).findall(text)
+        out.seen = set(_NAME_AT_LINE_START.findall(text))
+        body = "\n".join(lines) + "\n" if lines else ""
+    else:
+        body = text
     try:
         parse = _parse_openmetrics if openmetrics else _parse_text
-        for family in parse(text):
+        for family in parse(body):
             for s in family.samples:
                 out.by_name.setdefault(s.name, []).append((s.labels, s.value))
     except Exception as e:  # the parser raises ValueError, TypeError, IndexError... on junk
         raise NotPrometheusText(f"not Prometheus text: {_one_line(e)}") from e
+    if lines is not None:
+        _find_bounds(out, lines)
+    else:
+        for name, rows in out.by_name.items():
+            for i, (_, v) in enumerate(rows):
+                if isinstance(v, float) and abs(v) >= _EXACT_LIMIT:
+                    out.bounds[(name, i)] = print_error_bound(repr(v), v)
     return out
+
+
+def _find_bounds(out: Samples, lines: list[str]) -> None:
+    """The parser yields one sample per line, in order: pair each kept line with its sample to
+    see how its value was printed."""
+    seen: dict[str, int] = {}
+    for ln in lines:
+        name = _NAME_AT_LINE_START.match(ln).group(1)
+        i = seen.get(name, 0)
+        seen[name] = i + 1
+        rows = out.by_name.get(name)
+        if rows is None or i >= len(rows):
+            continue
+        b = print_error_bound(_value_token(ln), rows[i][1])
+        if b:
+            out.bounds[(name, i)] = b
 
 
 def _one_line(e: BaseException) -> str:
@@ -286,7 +416,7 @@ def detect_kind(samples: Samples) -> str:
     looks like a known server (its prefix is there), or listing the kinds looked for.
     """
     names = samples.names()
-    if not names:
+    if not samples.all_names():
         raise MetricsMissing("the page has no metrics at all")
     complete = [k for k, spec in SPECS.items()
                 if all(_first_present(f, names) for f in spec.fields if f.required)]
@@ -295,11 +425,11 @@ def detect_kind(samples: Samples) -> str:
     if len(complete) > 1:
         raise MetricsMissing(f"the metrics match several kinds ({', '.join(complete)}): pick one with --kind")
     for kind, spec in SPECS.items():
-        if any(n.startswith(spec.prefixes) for n in names):
+        if any(n.startswith(spec.prefixes) for n in samples.all_names()):
             missing = [f for f in spec.fields if f.required and not _first_present(f, names)]
             raise MetricsMissing(f"looks like {kind}, but {_describe_missing(missing)}")
     known = ", ".join(SPECS)
-    raise MetricsMissing(f"no known token metrics ({len(names)} metrics read; looked for {known})")
+    raise MetricsMissing(f"no known token metrics ({len(samples.all_names())} metrics read; looked for {known})")
 
 
 def _first_present(f: Field, names: set[str]) -> str | None:
@@ -338,17 +468,26 @@ def read_totals(samples: Samples, kind: str = "auto", *, model: str | None = Non
         raise MetricsMissing(f"{kind}: {_describe_missing(missing)}")
 
     per_model: dict[str, dict[str, float]] = {}
+    bounds: dict[str, int] = {}
+    histogram: set[str] = set()
     for f in spec.fields:
         name = _first_present(f, names)
         if name is None:
             continue
-        for labels, value in samples.by_name[name]:
+        from_hist = name.endswith("_sum") and f.name in _TOKENS
+        for i, (labels, value) in enumerate(samples.by_name[name]):
             if any(labels.get(k) != v for k, v in f.where):
                 continue
             _check_value(name, labels, value, whole=f.name not in ("prefill_s", "decode_s"))
             m = (labels.get(spec.model_label) if spec.model_label else None) or default_model
             acc = per_model.setdefault(m, {})
             acc[f.name] = acc.get(f.name, 0) + value
+            if f.name in _TOKENS or f.name == "cached_tokens":
+                b = samples.bounds.get((name, i), 0)
+                if b:
+                    bounds[m] = bounds.get(m, 0) + b
+                if from_hist:
+                    histogram.add(m)
 
     models: dict[str, Counts] = {}
     for m, acc in sorted(per_model.items()):
@@ -359,12 +498,19 @@ def read_totals(samples: Samples, kind: str = "auto", *, model: str | None = Non
         if over:
             raise BadCounter(f"{kind}: model {m!r}: {over[0]} sums to {acc[over[0]]:g}, beyond any real count "
                              "(at most 2^53): a reading error")
+        cached = int(acc["cached_tokens"]) if "cached_tokens" in acc else None
+        prompt = int(acc["prompt_tokens"])
+        if spec.prompt_excludes_cached and cached is not None:
+            prompt += cached
+        provenance = "rounded" if m in bounds else ("histogram" if m in histogram else "counter")
         models[m] = Counts(
-            prompt_tokens=int(acc["prompt_tokens"]),
+            prompt_tokens=prompt,
             completion_tokens=int(acc["completion_tokens"]),
             prefill_s=float(acc["prefill_s"]) if "prefill_s" in acc else None,
             decode_s=float(acc["decode_s"]) if "decode_s" in acc else None,
-            cached_tokens=int(acc["cached_tokens"]) if "cached_tokens" in acc else None,
+            cached_tokens=cached,
+            provenance=provenance,
+            error_bound=bounds.get(m, 0),
         )
     return Totals(kind=kind, models=models)
 
@@ -390,5 +536,27 @@ def _check_value(name: str, labels: dict[str, str], value: float, whole: bool) -
 
 def totals_from_text(text: str, kind: str = "auto", *, model: str | None = None,
                      generic: GenericMetrics | None = None, openmetrics: bool = False) -> Totals:
-    """:func:`parse_exposition` then :func:`read_totals`."""
-    return read_totals(parse_exposition(text, openmetrics), kind, model=model, generic=generic)
+    """:func:`parse_exposition` (only the lines of the metrics this kind reads) then
+    :func:`read_totals`."""
+    keep = wanted_samples(kind, generic)
+    try:
+        return read_totals(parse_exposition(text, openmetrics, keep=keep), kind, model=model, generic=generic)
+    except MetricsMissing:
+        if keep is None:
+            raise
+        # The error path only: the whole page through the parser, for the exact diagnosis
+        # (text that is not Prometheus at all, or which kind it looks like).
+        return read_totals(parse_exposition(text, openmetrics), kind, model=model, generic=generic)
+
+
+_ALL_SAMPLES = frozenset(n for spec in SPECS.values() for n in spec.sample_names())
+
+
+def wanted_samples(kind: str, generic: GenericMetrics | None = None) -> frozenset[str] | None:
+    """The sample names a scrape of this kind reads (every known kind's for ``auto``)."""
+    if kind == "auto":
+        return _ALL_SAMPLES
+    if kind == "generic":
+        return generic.spec().sample_names() if generic is not None else None
+    spec = SPECS.get(kind)
+    return spec.sample_names() if spec is not None else None

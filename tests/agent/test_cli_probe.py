@@ -37,7 +37,7 @@ def test_auto_names_the_kind_and_prints_the_right_totals(kind):
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output)
     assert doc == {"kind": kind,
-                   "models": _expected_models(srv, seconds=kind not in ("sglang", "triton"))}
+                   "models": _expected_models(srv, seconds=kind not in ("sglang", "triton", "dynamo"))}
 
 
 @pytest.mark.parametrize("kind", SERVER_KINDS)

@@ -3,8 +3,15 @@
 Each page is written from the server's documented metric names, with HELP and TYPE lines,
 several models (one for the one-model servers TGI and llama.cpp), histograms with buckets,
 and the unrelated gauges and counters a real page has around the token counters. The Python
-servers (vLLM, SGLang, trtllm-serve) build their pages with prometheus_client, as the real ones
-do; TGI (Rust), llama.cpp (C++) and Triton (C++) are written out by hand in their own styles.
+servers (vLLM, SGLang, trtllm-serve, LMDeploy) build their pages with prometheus_client, as the
+real ones do; TGI (Rust), Dynamo's frontend (Rust), llama.cpp (C++) and Triton (C++) are written
+out by hand in their own styles.
+
+``add(model, prompt, completion, cached=N)``: ``prompt`` is every prompt token of the request
+(what its usage.prompt_tokens says), ``cached`` the part of it a prefix cache served; each page
+shows them the way its server counts them (llama.cpp's prompt counter leaves the cached part
+out; SGLang splits it by cache_source; llama.cpp prints through a C++ stream, 6 significant
+digits, so past 999,999 a counter reads ``1.23457e+06``).
 
     with FakeInferenceServer("vllm", models=("llama-3-8b", "mistral-7b")) as srv:
         srv.add("llama-3-8b", prompt=120, completion=30, prefill_s=0.05, decode_s=0.6)
@@ -47,7 +54,7 @@ MODES = {
     "gzip_bomb": "10 MB of gzip-compressed filler (about 10 kB on the wire)",
 }
 
-KINDS = ("vllm", "sglang", "tgi", "llamacpp", "trtllm", "triton", "generic")
+KINDS = ("vllm", "sglang", "tgi", "llamacpp", "trtllm", "lmdeploy", "dynamo", "triton", "generic")
 ONE_MODEL_KINDS = ("tgi", "llamacpp")
 
 # The sample that carries prompt tokens on each page (what the hostile modes corrupt).
@@ -57,6 +64,8 @@ PROMPT_SAMPLE = {
     "tgi": "tgi_request_input_length_sum",
     "llamacpp": "llamacpp:prompt_tokens_total",
     "trtllm": "trtllm_prompt_tokens_total",
+    "lmdeploy": "lmdeploy:prompt_tokens_total",
+    "dynamo": "dynamo_frontend_input_sequence_tokens_sum",
     "triton": "nv_llm_input_token_len_sum",
     "generic": "app_input_tokens_total",
 }
@@ -88,6 +97,7 @@ class ModelState:
     # One entry per request, for the histograms' buckets.
     prompt_lens: list[int] = field(default_factory=list)
     completion_lens: list[int] = field(default_factory=list)
+    cached_lens: list[int] = field(default_factory=list)
     prefill_times: list[float] = field(default_factory=list)
     decode_times: list[float] = field(default_factory=list)
 
@@ -190,6 +200,7 @@ class FakeInferenceServer:
             m.cached_tokens += cached
             m.prompt_lens.append(prompt)
             m.completion_lens.append(completion)
+            m.cached_lens.append(cached)
             if prefill_s is not None:
                 m.prefill_s += prefill_s
                 m.prefill_times.append(prefill_s)
@@ -218,9 +229,9 @@ class FakeInferenceServer:
         """The metrics page as the real server would write it now."""
         with self._lock:
             models = {name: _copy(m) for name, m in self._models.items()}
-        if self.kind in ("vllm", "sglang", "trtllm", "generic"):
+        if self.kind in ("vllm", "sglang", "trtllm", "lmdeploy", "generic"):
             return _PythonPage(self.kind, models, self.omit).render()
-        return {"tgi": _tgi, "llamacpp": _llamacpp, "triton": _triton}[self.kind](models, self.omit)
+        return {"tgi": _tgi, "llamacpp": _llamacpp, "triton": _triton, "dynamo": _dynamo}[self.kind](models, self.omit)
 
     def _serve(self, h: BaseHTTPRequestHandler) -> None:
         self.scrapes += 1
@@ -296,7 +307,8 @@ class FakeInferenceServer:
 
 def _copy(m: ModelState) -> ModelState:
     return ModelState(m.prompt_tokens, m.completion_tokens, m.cached_tokens, m.prefill_s, m.decode_s,
-                      list(m.prompt_lens), list(m.completion_lens), list(m.prefill_times), list(m.decode_times))
+                      list(m.prompt_lens), list(m.completion_lens), list(m.cached_lens),
+                      list(m.prefill_times), list(m.decode_times))
 
 
 def _corrupt(text: str, sample: str, value: str) -> str:
@@ -330,6 +342,9 @@ class _PythonPage:
                                      labels, extra, lambda m: m.prompt_tokens)
             yield from self._counter("vllm:generation_tokens", "Number of generation tokens processed.",
                                      labels, extra, lambda m: m.completion_tokens)
+            yield from self._counter("vllm:prompt_tokens_cached",
+                                     "Number of cached prompt tokens (local + external).",
+                                     labels, extra, lambda m: m.cached_tokens)
             yield from self._counter("vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens.",
                                      labels, extra, lambda m: m.cached_tokens)
             yield from self._gauge("vllm:num_requests_running", "Number of requests in model execution batches.",
@@ -353,8 +368,13 @@ class _PythonPage:
                                      labels, extra, lambda m: m.prompt_tokens)
             yield from self._counter("sglang:generation_tokens", "Number of generation tokens processed.",
                                      labels, extra, lambda m: m.completion_tokens)
-            yield from self._counter("sglang:cached_tokens", "Number of cached prompt tokens.",
-                                     labels, extra, lambda m: m.cached_tokens)
+            if "sglang:cached_tokens" not in self.omit:
+                c = CounterMetricFamily("sglang:cached_tokens", "Number of cached prompt tokens.",
+                                        labels=["model_name", "cache_source"])
+                for model, m in self.models.items():  # a third from host memory, the rest on device
+                    c.add_metric([model, "device"], float(m.cached_tokens - m.cached_tokens // 3))
+                    c.add_metric([model, "host"], float(m.cached_tokens // 3))
+                yield c
             yield from self._gauge("sglang:num_running_reqs", "The number of running requests.", labels, extra)
             yield from self._hist("sglang:time_to_first_token_seconds", "Histogram of time to first token in seconds.",
                                   labels, extra, lambda m: m.prefill_times, SECONDS_BUCKETS)
@@ -365,6 +385,9 @@ class _PythonPage:
             yield from self._counter("trtllm_generation_tokens",
                                      "Cumulative number of generation (output) tokens produced.",
                                      labels, extra, lambda m: m.completion_tokens)
+            yield from self._counter("trtllm_prompt_cached_tokens",
+                                     "Cumulative number of prompt tokens served from the KV cache.",
+                                     labels, extra, lambda m: m.cached_tokens)
             yield from self._counter("trtllm_request_success", "Count of successfully processed requests.",
                                      labels, extra, lambda m: len(m.prompt_lens))
             yield from self._hist("trtllm_request_prefill_time_seconds",
@@ -372,6 +395,20 @@ class _PythonPage:
                                   labels, extra, lambda m: m.prefill_times, SECONDS_BUCKETS)
             yield from self._hist("trtllm_request_decode_time_seconds",
                                   "Histogram of decode (generation) phase duration in seconds.",
+                                  labels, extra, lambda m: m.decode_times, SECONDS_BUCKETS)
+        elif k == "lmdeploy":
+            labels, extra = ["model_name"], []
+            yield from self._gauge("lmdeploy:num_requests_running", "Number of requests in model execution batches.",
+                                   labels, extra)
+            yield from self._counter("lmdeploy:prompt_tokens", "Number of prefill tokens processed.",
+                                     labels, extra, lambda m: m.prompt_tokens)
+            yield from self._counter("lmdeploy:generation_tokens", "Number of generation tokens processed.",
+                                     labels, extra, lambda m: m.completion_tokens)
+            yield from self._hist("lmdeploy:request_prefill_time_seconds",
+                                  "Histogram of time spent in PREFILL phase for request.",
+                                  labels, extra, lambda m: m.prefill_times, SECONDS_BUCKETS)
+            yield from self._hist("lmdeploy:request_decode_time_seconds",
+                                  "Histogram of time spent in DECODE phase for request.",
                                   labels, extra, lambda m: m.decode_times, SECONDS_BUCKETS)
         else:  # generic: an in-house server with its own names
             labels, extra = ["served_model"], []
@@ -455,7 +492,9 @@ def _llamacpp(models: dict[str, ModelState], omit: set[str]) -> str:
     (m,) = models.values()
     n = len(m.prompt_lens)
     metrics = [
-        ("prompt_tokens_total", "counter", "Number of prompt tokens processed.", m.prompt_tokens),
+        ("prompt_tokens_total", "counter", "Number of prompt tokens processed, excluding cached tokens",
+         m.prompt_tokens - m.cached_tokens),
+        ("prompt_tokens_cached_total", "counter", "Number of prompt tokens reused from the cache", m.cached_tokens),
         ("prompt_seconds_total", "counter", "Prompt process time", m.prefill_s),
         ("tokens_predicted_total", "counter", "Number of generation tokens processed.", m.completion_tokens),
         ("tokens_predicted_seconds_total", "counter", "Predict process time", m.decode_s),
@@ -471,7 +510,37 @@ def _llamacpp(models: dict[str, ModelState], omit: set[str]) -> str:
         full = "llamacpp:" + name
         if full in omit:
             continue
-        lines += [f"# HELP {full} {doc}", f"# TYPE {full} {typ}", f"{full} {_num(value)}"]
+        lines += [f"# HELP {full} {doc}", f"# TYPE {full} {typ}", f"{full} {_cxx(value)}"]
+    return "\n".join(lines) + "\n"
+
+
+def _cxx(x: float) -> str:
+    """What ``std::stringstream << (double) x`` prints: 6 significant digits (C's %g)."""
+    return "%g" % float(x)
+
+
+def _dynamo(models: dict[str, ModelState], omit: set[str]) -> str:
+    """NVIDIA Dynamo's HTTP frontend (Rust, the prometheus crate): label ``model``; input and
+    cached tokens per request as histograms, output tokens as a counter and a histogram."""
+    lines = ["# HELP dynamo_frontend_inflight_requests Number of inflight requests",
+             "# TYPE dynamo_frontend_inflight_requests gauge"]
+    lines += [f'dynamo_frontend_inflight_requests{{model="{name}"}} 0' for name in models]
+    if "dynamo_frontend_output_tokens" not in omit:
+        lines += ["# HELP dynamo_frontend_output_tokens_total Total number of output tokens generated",
+                  "# TYPE dynamo_frontend_output_tokens_total counter"]
+        lines += [f'dynamo_frontend_output_tokens_total{{model="{name}"}} {m.completion_tokens}'
+                  for name, m in models.items()]
+    for name, doc, get in (
+        ("dynamo_frontend_input_sequence_tokens", "Input sequence length in tokens", lambda m: m.prompt_lens),
+        ("dynamo_frontend_output_sequence_tokens", "Output sequence length in tokens", lambda m: m.completion_lens),
+        ("dynamo_frontend_cached_tokens", "Number of cached tokens (prefix cache hits) per request",
+         lambda m: m.cached_lens),
+    ):
+        if name in omit:
+            continue
+        lines += [f"# HELP {name} {doc}", f"# TYPE {name} histogram"]
+        for model, m in models.items():
+            lines += _hist_lines(name, f'model="{model}"', get(m), TOKEN_BUCKETS, _num)
     return "\n".join(lines) + "\n"
 
 

@@ -99,13 +99,13 @@ def test_prefill_and_decode_seconds_where_the_server_reports_them(kind):
     assert c.prefill_s == pytest.approx(0.75) and c.decode_s == pytest.approx(2.0)
 
 
-@pytest.mark.parametrize("kind", ["sglang", "triton"])
+@pytest.mark.parametrize("kind", ["sglang", "triton", "dynamo"])
 def test_no_seconds_where_the_server_has_none(kind):
     c = next(iter(totals_from_text(_page(kind).exposition()).models.values()))
     assert c.prefill_s is None and c.decode_s is None
 
 
-@pytest.mark.parametrize("kind", ["vllm", "sglang"])
+@pytest.mark.parametrize("kind", ["vllm", "sglang", "llamacpp", "trtllm", "dynamo"])
 def test_cached_tokens(kind):
     t = totals_from_text(_page(kind).exposition())
     assert {c.cached_tokens for c in t.models.values()} == {7}
