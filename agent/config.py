@@ -50,6 +50,8 @@ class Prices:
     pue: float = 1.3
     opex_per_node_month_micro: int = to_micro(300)
     prompt_token_weight: float = 0.25
+    # A prompt token served from a prefix cache, relative to a prompt token that was computed.
+    cached_prompt_token_weight: float = 0.1
     tariff_timezone: str = "UTC"
     tariff: tuple[TariffPeriod, ...] = ()
 
@@ -277,6 +279,7 @@ _PRICES = {
     "pue": ("pue", _between(1.0, 10.0, " (facility power over IT power)")),
     "opex_per_node_month": ("opex_per_node_month_micro", _money),
     "prompt_token_weight": ("prompt_token_weight", _between(1e-6, 1e6)),
+    "cached_prompt_token_weight": ("cached_prompt_token_weight", _between(0.0, 1.0)),
     "tariff_timezone": ("tariff_timezone", _timezone),
 }
 _SOURCE_KEYS = ("kind", "url", "name", "devices", "model", "prompt_metric", "completion_metric", "model_label")
@@ -482,12 +485,34 @@ def _toml_nesting(text: str) -> int:
     return deepest
 
 
+_FLAG_OPTION = re.compile(r",(model|devices)=")
+
+
 def parse_source_flag(text: str) -> SourceConfig:
-    """``KIND=URL`` from the command line; maps to all devices."""
-    kind, sep, url = text.partition("=")
-    if not sep or not url:
-        raise ConfigError(f"--source: expected KIND=URL, got {text!r}")
-    return _source(0, {"kind": kind, "url": url, "name": f"{kind}-cli"})
+    """``KIND=URL[,model=NAME][,devices=0,1]`` from the command line; maps to all devices unless
+    ``devices`` says which. ``model`` names the model where the server names none or a
+    placeholder (llama.cpp, TGI, trtllm-serve's "undefined")."""
+    kind, sep, rest = text.partition("=")
+    if not sep or not rest:
+        raise ConfigError(f"--source: expected KIND=URL[,model=NAME][,devices=0,1], got {text!r}")
+    parts = _FLAG_OPTION.split(rest)
+    url, opts = parts[0], dict(zip(parts[1::2], parts[2::2]))
+    if len(parts[1::2]) != len(opts):
+        raise ConfigError(f"--source {text!r}: an option is given twice")
+    doc: dict[str, Any] = {"kind": kind, "url": url, "name": f"{kind}={url}"}
+    if "model" in opts:
+        if not opts["model"]:
+            raise ConfigError(f"--source {text!r}: model= needs a name")
+        doc["model"] = opts["model"]
+    if "devices" in opts:
+        devices = [d for d in opts["devices"].split(",") if d]
+        if not devices:
+            raise ConfigError(f"--source {text!r}: devices= needs GPU indexes or UUIDs, e.g. devices=0,1")
+        doc["devices"] = devices
+    try:
+        return _source(0, doc)
+    except ConfigError as e:
+        raise ConfigError(f"--source {text!r}: {str(e).removeprefix('sources[0].')}") from None
 
 
 EXAMPLE = '''\
@@ -516,6 +541,8 @@ pue = 1.3                             # facility power / IT power
 opex_per_node_month = 300.0           # support, network, space: shared by the node's GPUs
 prompt_token_weight = 0.25            # a prompt token's cost relative to a completion token,
                                       # used when the server reports no prefill/decode time
+cached_prompt_token_weight = 0.1      # a prompt token served from a prefix cache, relative to a
+                                      # computed prompt token (0 to 1), in the same token split
 tariff_timezone = "UTC"
 
 # Time-of-use energy prices (local time in tariff_timezone); outside them energy_per_kwh applies.
@@ -528,9 +555,12 @@ tariff_timezone = "UTC"
 # Inference servers whose tokens this node's cost is divided by.
 # [[sources]]
 # name = "vllm-main"
-# kind = "vllm"                       # vllm, sglang, tgi, llamacpp, trtllm, triton, generic, auto, push
+# kind = "vllm"                       # vllm, sglang, tgi, llamacpp, trtllm, lmdeploy, dynamo, triton,
+#                                     # generic, auto, push
 # url = "http://127.0.0.1:8000/metrics"
 # devices = ["all"]                   # or GPU indexes / UUIDs: ["0", "1"]
+# model = "qwen2.5-7b"                # the model's name where the server gives none (llama.cpp,
+#                                     # TGI) or a placeholder ("undefined" from trtllm-serve, "default")
 
 # Model profiles for the roofline (`meter bench` capacity, `meter report`), beside the built-in
 # llama-3.1-8b, llama-3.1-70b and gpt-oss-120b:

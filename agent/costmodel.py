@@ -177,10 +177,20 @@ def allocate(total: int, weights: Sequence[float | int | Fraction]) -> list[int]
     return parts
 
 
+def prompt_units(prompt_tokens: int, cached_prompt_tokens: int, cached_prompt_token_weight: float) -> Fraction:
+    """Prompt tokens as computed-token equivalents: a token a prefix cache served counts
+    ``cached_prompt_token_weight`` (default 0.1) of one the server computed."""
+    cached = min(max(cached_prompt_tokens, 0), prompt_tokens)
+    return (prompt_tokens - cached) + _frac(cached_prompt_token_weight) * cached
+
+
 def prompt_share(prompt_tokens: int, completion_tokens: int, prefill_s: float | None,
-                 decode_s: float | None, prompt_token_weight: float) -> Fraction:
+                 decode_s: float | None, prompt_token_weight: float, cached_prompt_tokens: int = 0,
+                 cached_prompt_token_weight: float = 1.0) -> Fraction:
     """The fraction of a window's cost that prompt tokens carry: by prefill/decode time where the
-    server reports it, otherwise by tokens weighted ``prompt_token_weight`` : 1."""
+    server reports it (time already leaves out what a cache served), otherwise by tokens weighted
+    ``prompt_token_weight`` : 1, a cached prompt token counting ``cached_prompt_token_weight`` of
+    a prompt token."""
     if prompt_tokens <= 0:
         return Fraction(0)
     if completion_tokens <= 0:
@@ -191,7 +201,9 @@ def prompt_share(prompt_tokens: int, completion_tokens: int, prefill_s: float | 
         pre, dec = _frac(round(prefill_s, 6)), _frac(round(decode_s, 6))
         if pre + dec > 0:
             return pre / (pre + dec)
-    wp = _frac(prompt_token_weight) * prompt_tokens
+    wp = _frac(prompt_token_weight) * prompt_units(prompt_tokens, cached_prompt_tokens, cached_prompt_token_weight)
+    if wp <= 0:
+        return Fraction(0)
     return wp / (wp + completion_tokens)
 
 
@@ -205,28 +217,36 @@ class UsageCost:
     capex_micro: int
     energy_micro: int
     opex_micro: int
+    cached_prompt_tokens: int = 0
 
     @property
     def cost_micro(self) -> int:
         return self.cost_prompt_micro + self.cost_completion_micro
 
 
-def split_cost(cost: Cost, usage: Sequence[tuple[Hashable, int, int]], prefill_s: float | None,
-               decode_s: float | None, prompt_token_weight: float) -> tuple[int, int, list[UsageCost]]:
+def split_cost(cost: Cost, usage: Sequence[tuple], prefill_s: float | None,
+               decode_s: float | None, prompt_token_weight: float,
+               cached_prompt_token_weight: float = 1.0) -> tuple[int, int, list[UsageCost]]:
     """Split a window's cost into prompt and completion, then across its usage rows
-    ``(key, prompt_tokens, completion_tokens)`` by their tokens.
+    ``(key, prompt_tokens, completion_tokens[, cached_prompt_tokens])`` by their tokens (the
+    prompt part by prompt tokens, a cached one counting ``cached_prompt_token_weight``).
 
     Returns (prompt_micro, completion_micro, rows). With no tokens everything is 0 and the
     window's cost stays idle cost.
     """
+    cached = [u[3] if len(u) > 3 else 0 for u in usage]
     p_tot = sum(u[1] for u in usage)
     c_tot = sum(u[2] for u in usage)
     if p_tot + c_tot == 0:
         return 0, 0, []
     total = cost.total_micro
-    prompt_micro = round(total * prompt_share(p_tot, c_tot, prefill_s, decode_s, prompt_token_weight))
+    prompt_micro = round(total * prompt_share(p_tot, c_tot, prefill_s, decode_s, prompt_token_weight,
+                                              sum(cached), cached_prompt_token_weight))
     completion_micro = total - prompt_micro
-    p_parts = allocate(prompt_micro, [u[1] for u in usage])
+    p_weights = [prompt_units(u[1], k, cached_prompt_token_weight) for u, k in zip(usage, cached)]
+    if not any(p_weights):  # every prompt token cached at weight 0: by tokens, so none is free
+        p_weights = [u[1] for u in usage]
+    p_parts = allocate(prompt_micro, p_weights)
     c_parts = allocate(completion_micro, [u[2] for u in usage])
     row_costs = [p + c for p, c in zip(p_parts, c_parts)]
     capex = allocate(cost.capex_micro, row_costs)
@@ -236,7 +256,7 @@ def split_cost(cost: Cost, usage: Sequence[tuple[Hashable, int, int]], prefill_s
     energy = allocate(cost.energy_micro, [r - x for r, x in zip(row_costs, capex)])
     rows = [
         UsageCost(u[0], u[1], u[2], p_parts[i], c_parts[i], capex[i], energy[i],
-                  row_costs[i] - capex[i] - energy[i])
+                  row_costs[i] - capex[i] - energy[i], cached[i])
         for i, u in enumerate(usage)
     ]
     return prompt_micro, completion_micro, rows

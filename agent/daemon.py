@@ -9,6 +9,14 @@ close as partial and are committed too.
 
 A restarted agent resumes each device at the end of its last committed window, so no window is
 written twice; the time it was down shows as missing windows, and the first new one is partial.
+No token is lost to the agent's downtime: every commit stores, in the same transaction, the
+token totals of each (source, model) that its windows' deltas were taken up to
+(``token_origins``); a restarted agent (``kill -9`` included) starts its counter tracker from
+them, so the first scrape's delta holds what the servers served while it was down, billed in
+the first window, flagged ``backfill`` with the downtime's span (``backfill_s``). A server that
+restarted meanwhile is counted from its new zero and the window is flagged ``tokens_lost``.
+A round in which a token source cannot be read adds its interval to the ``token_gap_s`` of the
+windows of the devices it maps to (flag ``tokens_unavailable``).
 """
 
 from __future__ import annotations
@@ -93,7 +101,9 @@ def token_source(cfg: SourceConfig, interval_s: float) -> TokenSource:
 
 
 def usage_from_deltas(deltas: dict[str, Any], tenant: str = "") -> dict[tuple[str, str], Usage]:
-    return {(model, tenant): Usage(c.prompt_tokens, c.completion_tokens, c.prefill_s, c.decode_s)
+    return {(model, tenant): Usage(c.prompt_tokens, c.completion_tokens, c.prefill_s, c.decode_s,
+                                   cached_prompt_tokens=c.cached_tokens or 0, token_source=c.provenance,
+                                   error_bound=c.error_bound)
             for model, c in deltas.items() if c.prompt_tokens or c.completion_tokens}
 
 
@@ -102,9 +112,12 @@ def spread(usage: dict[tuple[str, str], Usage], k: int) -> list[dict[tuple[str, 
     out: list[dict[tuple[str, str], Usage]] = [{} for _ in range(k)]
     for key, u in usage.items():
         ps, cs = split_evenly(u.prompt_tokens, k), split_evenly(u.completion_tokens, k)
+        ks, bs = split_evenly(u.cached_prompt_tokens, k), split_evenly(u.error_bound, k)
         for i in range(k):
             out[i][key] = Usage(ps[i], cs[i], None if u.prefill_s is None else u.prefill_s / k,
-                                None if u.decode_s is None else u.decode_s / k)
+                                None if u.decode_s is None else u.decode_s / k,
+                                cached_prompt_tokens=ks[i],
+                                token_source=u.token_source, error_bound=bs[i])
     return out
 
 
@@ -130,7 +143,10 @@ class Agent:
         self.reader = ConcurrentReader(max_workers=min(32, 4 + len(node.devices) + len(config.sources)))
         self._own_http = http is None
         self.http = http or httpx.Client()
-        self.tracker = CounterTracker()
+        origins, self._origin_at = store.token_origins()
+        self.tracker = CounterTracker(origins)
+        self._last_round_wall: float | None = None
+        self._last_scrape_wall: float | None = None
         self.devices = {d.id: d for d in node.devices}
         self.shares = node_shares(node.devices)
         self._set_sources(config)
@@ -251,7 +267,7 @@ class Agent:
         if self._journal and self.builders:
             self._take_journal()
         elif self.push is not None and self.builders:
-            self._give_usage(0.0, self.push.drain(), self.push_targets)
+            self._give_usage(0.0, _pushed(self.push.drain()), self.push_targets)
         at = self.clocks.wall()
         closed: list[Window] = []
         for dev_id, b in self.builders.items():
@@ -307,6 +323,10 @@ class Agent:
         timeout = max(0.05, 0.8 * self.config.interval_s)
         results = self.reader.read(probes, timeout)
 
+        since_last = (tick.wall - self._last_round_wall) if self._last_round_wall is not None \
+            else self.config.interval_s
+        since_last = max(0.0, min(since_last, self.max_gap_s))
+        self._last_round_wall = tick.wall
         for src, targets in self.sources:
             name = f"tokens:{src.key}"
             r = results[name]
@@ -317,15 +337,26 @@ class Agent:
             if update.gap is not None:
                 self.health.fail(name, update.gap.reason)
                 self.summary.gaps[name] = self.summary.gaps.get(name, 0) + 1
+                for dev_id in targets:  # these tokens are unknown for now, not zero
+                    self.builders[dev_id].add_token_gap(since_last)
                 continue
             self.health.ok(name)
-            if update.restarted:
+            backfill_s = 0.0
+            if update.resumed:
+                at = self._origin_at.get(src.key)
+                backfill_s = max(0.0, tick.wall - at) if at else 0.0
+                log.info("token source %s: resuming from the totals committed %.1f s ago%s", src.key, backfill_s,
+                         f"; it restarted meanwhile (models {sorted(update.restarted)}): what it served "
+                         f"before its restart is lost" if update.restarted else "")
+            elif update.restarted:
                 log.info("token source %s restarted (models %s): counting from zero", src.key, sorted(update.restarted))
-            self._give_usage(tick.wall, usage_from_deltas(update.deltas), targets)
+            self._give_usage(tick.wall, usage_from_deltas(update.deltas), targets, backfill_s,
+                             lost=update.resumed and bool(update.restarted))
+        self._last_scrape_wall = tick.wall
         if self._journal:
             self._take_journal()
         elif self.push is not None:
-            self._give_usage(tick.wall, self.push.drain(), self.push_targets)
+            self._give_usage(tick.wall, _pushed(self.push.drain()), self.push_targets)
 
         closed: list[Window] = []
         sample_rows = []
@@ -357,11 +388,13 @@ class Agent:
 
     def _commit(self, closed: list[Window], force: bool = False) -> None:
         """Price the windows that closed and hand them to the writer, which commits them now or,
-        while the store refuses writes, as soon as it takes them again (in order)."""
+        while the store refuses writes, as soon as it takes them again (in order). With them go
+        the token totals their deltas were taken up to, committed in the same transaction."""
         if closed:
             rows = [self._price(w) for w in closed]
             cursors = {w.device: w.journal_id for w in closed if w.journal_id}
-            self.writer.put(rows, cursors)
+            self.writer.put(rows, cursors, origins=self.tracker.all_totals(),
+                            origins_at=self._last_scrape_wall or self.clocks.wall())
             self.summary.partial_windows += sum(1 for w, _ in rows if w["partial"])
             self.state.add_windows([w for w, _ in rows])
         self.summary.windows += self.writer.flush(force=force)
@@ -413,22 +446,30 @@ class Agent:
                     continue
                 usage.setdefault((r.model, r.tenant), Usage()).add(Usage(
                     push_journal.share(r.prompt_tokens, k, i, r.id),
-                    push_journal.share(r.completion_tokens, k, i, r.id)))
+                    push_journal.share(r.completion_tokens, k, i, r.id), token_source="push"))
                 last = r.id
             if last > pos:
                 self.builders[dev].add_usage(0.0, usage, journal_id=last)
                 self._journal_pos[dev] = last
 
-    def _give_usage(self, at: float, usage: dict[tuple[str, str], Usage], targets: list[str]) -> None:
-        if not usage or not targets:
+    def _give_usage(self, at: float, usage: dict[tuple[str, str], Usage], targets: list[str],
+                    backfill_s: float = 0.0, lost: bool = False) -> None:
+        if not targets or not (usage or lost):
             return
         for dev_id, part in zip(targets, spread(usage, len(targets))):
-            self.builders[dev_id].add_usage(at, part)
+            self.builders[dev_id].add_usage(at, part, backfill_s=backfill_s if part else 0.0, lost=lost)
 
     def _price(self, w: Window):
         dev = self.devices[w.device]
         return price_window(w, self.config.node, dev.name, self.config.prices, self.shares[w.device],
                             self.config_hash)
+
+
+def _pushed(drained: dict) -> dict[tuple[str, str], Usage]:
+    """Usage drained from the push endpoint, as the windows keep it (provenance ``push``)."""
+    return {k: Usage(u.prompt_tokens, u.completion_tokens, u.prefill_s, u.decode_s,
+                     cached_prompt_tokens=getattr(u, "cached_prompt_tokens", 0) or 0, token_source="push")
+            for k, u in drained.items()}
 
 
 def _sample_row(s: DeviceSample) -> dict[str, Any]:

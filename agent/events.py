@@ -47,9 +47,15 @@ def window_event(window: dict[str, Any], usage: list[dict[str, Any]]) -> dict[st
             "util_pct": window.get("util_pct"),
             "prompt_tokens": int(window["prompt_tokens"]),
             "completion_tokens": int(window["completion_tokens"]),
+            "cached_prompt_tokens": int(window.get("cached_prompt_tokens") or 0),
+            "token_source": window.get("token_source"),
+            "token_error_bound": int(window.get("token_error_bound") or 0),
+            "token_gap_s": float(window.get("token_gap_s") or 0.0),
+            "backfill_s": float(window.get("backfill_s") or 0.0),
             "usage": [
-                {k: u[k] for k in ("model", "tenant", "prompt_tokens", "completion_tokens",
-                                   "cost_micro", "cost_prompt_micro", "cost_completion_micro")}
+                {**{k: u[k] for k in ("model", "tenant", "prompt_tokens", "completion_tokens",
+                                      "cost_micro", "cost_prompt_micro", "cost_completion_micro")},
+                 "cached_prompt_tokens": int(u.get("cached_prompt_tokens") or 0)}
                 for u in usage
             ],
             "cost": {

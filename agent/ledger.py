@@ -25,11 +25,13 @@ def price_window(w: Window, node: str, device_name: str | None, prices: Prices, 
     """(window row, usage rows) for :meth:`agent.store.Store.commit_windows`."""
     cost = window_cost(w.start, w.end, w.energy_j, prices, share)
     keys = sorted(w.usage)
-    usage_in = [(k, w.usage[k].prompt_tokens, w.usage[k].completion_tokens) for k in keys]
+    usage_in = [(k, w.usage[k].prompt_tokens, w.usage[k].completion_tokens, w.usage[k].cached_prompt_tokens)
+                for k in keys]
     usage_in = [u for u in usage_in if u[1] or u[2]]
     prefill = _sum_if_all([w.usage[k].prefill_s for k in keys])
     decode = _sum_if_all([w.usage[k].decode_s for k in keys])
-    prompt_micro, completion_micro, rows = split_cost(cost, usage_in, prefill, decode, prices.prompt_token_weight)
+    prompt_micro, completion_micro, rows = split_cost(cost, usage_in, prefill, decode, prices.prompt_token_weight,
+                                                      prices.cached_prompt_token_weight)
     total_cost = cost.total_micro
     window = {
         "node": node,
@@ -43,6 +45,11 @@ def price_window(w: Window, node: str, device_name: str | None, prices: Prices, 
         "util_pct": w.util_pct,
         "prompt_tokens": w.prompt_tokens,
         "completion_tokens": w.completion_tokens,
+        "cached_prompt_tokens": w.cached_prompt_tokens,
+        "token_source": w.token_source,
+        "token_error_bound": w.token_error_bound,
+        "token_gap_s": round(w.token_gap_s, 6),
+        "backfill_s": w.backfill_s,
         "cost_capex_micro": cost.capex_micro,
         "cost_energy_micro": cost.energy_micro,
         "cost_opex_micro": cost.opex_micro,
@@ -61,6 +68,8 @@ def price_window(w: Window, node: str, device_name: str | None, prices: Prices, 
         {
             "model": r.key[0], "tenant": r.key[1],
             "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+            "cached_prompt_tokens": r.cached_prompt_tokens,
+            "token_source": w.usage[r.key].token_source,
             "cost_micro": r.cost_micro, "cost_prompt_micro": r.cost_prompt_micro,
             "cost_completion_micro": r.cost_completion_micro, "cost_capex_micro": r.capex_micro,
             "cost_energy_micro": r.energy_micro, "cost_opex_micro": r.opex_micro,

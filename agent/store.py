@@ -5,7 +5,8 @@ opening for the commands that only read, one-line store errors).
 Tables: ``samples`` (raw device readings, pruned after N days), ``windows`` (billed minutes, kept
 for good; also the outbox), ``window_usage`` (per model and tenant inside a window),
 ``rollups`` (hourly and daily sums maintained as windows close; schema 2 adds the idle windows'
-seconds) and ``bench_results``.
+seconds, schema 4 cached prompt tokens, token provenance and outages), ``bench_results`` and
+``token_origins`` (schema 4: the token totals each window's deltas were taken up to).
 """
 
 from __future__ import annotations
@@ -202,8 +203,48 @@ def _m4_push_journal(conn: sqlite3.Connection) -> None:
     run_script(conn, SCHEMA)
 
 
+def _m5_token_detail(conn: sqlite3.Connection) -> None:
+    """Tokens in full: cached prompt tokens (a subset of prompt tokens) on windows, usage rows and
+    rollups; where a window's tokens come from (``token_source``: counter, push, histogram,
+    rounded; ``token_error_bound`` for rounded counts); the time its token sources could not be
+    read (``token_gap_s``) and the downtime a backfill covers (``backfill_s``); rollups keep the
+    unreadable time and the cost of the windows it left without tokens apart from idle; and
+    ``token_origins``, the last totals of each (source, model), committed with the window that
+    consumed them so a restarted agent bills what was served while it was down."""
+    run_script(
+        conn,
+        """
+        ALTER TABLE windows ADD COLUMN cached_prompt_tokens INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE windows ADD COLUMN token_source TEXT;
+        ALTER TABLE windows ADD COLUMN token_error_bound INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE windows ADD COLUMN token_gap_s REAL NOT NULL DEFAULT 0;
+        ALTER TABLE windows ADD COLUMN backfill_s REAL NOT NULL DEFAULT 0;
+        ALTER TABLE window_usage ADD COLUMN cached_prompt_tokens INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE window_usage ADD COLUMN token_source TEXT;
+        ALTER TABLE rollups ADD COLUMN cached_prompt_tokens INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE rollups ADD COLUMN token_gap_s REAL NOT NULL DEFAULT 0;
+        ALTER TABLE rollups ADD COLUMN unavailable_seconds REAL NOT NULL DEFAULT 0;
+        ALTER TABLE rollups ADD COLUMN unavailable_cost_micro INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE rollups ADD COLUMN rounded_tokens INTEGER NOT NULL DEFAULT 0;
+        CREATE TABLE token_origins (
+            source TEXT NOT NULL,
+            model TEXT NOT NULL,
+            prompt_tokens INTEGER NOT NULL,
+            completion_tokens INTEGER NOT NULL,
+            cached_tokens INTEGER,
+            prefill_s REAL,
+            decode_s REAL,
+            provenance TEXT NOT NULL,
+            error_bound INTEGER NOT NULL,
+            at REAL NOT NULL,
+            PRIMARY KEY (source, model)
+        )
+        """,
+    )
+
+
 #: Append only. Each entry moves the schema from version i to i+1.
-MIGRATIONS: list[Migration] = [_m1_initial, _m2_idle_seconds, _m3_outbox_acks, _m4_push_journal]
+MIGRATIONS: list[Migration] = [_m1_initial, _m2_idle_seconds, _m3_outbox_acks, _m4_push_journal, _m5_token_detail]
 
 
 def open_store(path: str | os.PathLike | None = None, *, readonly: bool = False,
@@ -259,11 +300,14 @@ class Store:
     # -- windows --------------------------------------------------------------------------------
 
     def commit_windows(self, windows: list[tuple[dict[str, Any], list[dict[str, Any]]]],
-                       push_cursors: dict[str, int] | None = None, push_targets: list[str] | None = None) -> int:
+                       push_cursors: dict[str, int] | None = None, push_targets: list[str] | None = None,
+                       origins: dict[str, dict[str, Any]] | None = None, at: float | None = None) -> int:
         """Commit closed windows with their usage rows and roll them up, atomically; with
         ``push_cursors``, the push journal rows these windows hold are consumed in the same
         transaction (agent/push_journal.py).
 
+        ``origins``: {source: {model: Counts}}, the token totals the windows' deltas were taken
+        up to, replacing those stored, in the same transaction (``at``: when they were read).
         A window already stored (same node, device, start) is never rewritten: it is skipped.
         Returns how many windows were new.
         """
@@ -273,7 +317,10 @@ class Store:
                 from meterd.agent.push_journal import advance
 
                 advance(c, push_cursors, push_targets or [])
+            if origins is not None:
+                _save_origins(c, origins, at if at is not None else 0.0)
             for w, usage in windows:
+                w = {**_WINDOW_DEFAULTS, **w}
                 cur = c.execute(
                     f"INSERT OR IGNORE INTO windows({', '.join(_WINDOW_COLS)})"
                     f" VALUES ({', '.join(':' + k for k in _WINDOW_COLS)})", w)
@@ -281,6 +328,7 @@ class Store:
                     continue
                 new += 1
                 wid = cur.lastrowid
+                usage = [{**_USAGE_DEFAULTS, **u} for u in usage]
                 for u in usage:
                     c.execute(
                         f"INSERT INTO window_usage(window_id, {', '.join(_USAGE_COLS)})"
@@ -288,6 +336,23 @@ class Store:
                         {**u, "window_id": wid})
                 _roll_up(c, w, usage)
         return new
+
+    def token_origins(self) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+        """({source: {model: Counts}}, {source: when read}): the totals the last run committed."""
+        from meterd.probes.counters import Counts
+
+        out: dict[str, dict[str, Any]] = {}
+        when: dict[str, float] = {}
+        for r in self.conn.execute(
+                "SELECT source, model, prompt_tokens, completion_tokens, cached_tokens, prefill_s, decode_s,"
+                " provenance, error_bound, at FROM token_origins"):
+            out.setdefault(r[0], {})[r[1]] = Counts(r[2], r[3], r[5], r[6], r[4], r[7], r[8])
+            when[r[0]] = max(when.get(r[0], 0.0), r[9])
+        return out, when
+
+    def save_token_origins(self, origins: dict[str, dict[str, Any]], at: float) -> None:
+        with self.transaction() as c:
+            _save_origins(c, origins, at)
 
     def last_window_end(self, node: str, device: str) -> float | None:
         row = self.conn.execute(
@@ -479,16 +544,34 @@ _WINDOW_COLS = (
     "util_pct", "prompt_tokens", "completion_tokens", "cost_capex_micro", "cost_energy_micro",
     "cost_opex_micro", "cost_micro", "cost_prompt_micro", "cost_completion_micro", "currency",
     "partial", "gap_s", "flags", "config_hash", "agent_version", "event_id",
+    "cached_prompt_tokens", "token_source", "token_error_bound", "token_gap_s", "backfill_s",
 )
+_WINDOW_DEFAULTS = {"cached_prompt_tokens": 0, "token_source": None, "token_error_bound": 0,
+                    "token_gap_s": 0.0, "backfill_s": 0.0}
 _USAGE_COLS = (
     "model", "tenant", "prompt_tokens", "completion_tokens", "cost_micro", "cost_prompt_micro",
     "cost_completion_micro", "cost_capex_micro", "cost_energy_micro", "cost_opex_micro", "energy_j",
+    "cached_prompt_tokens", "token_source",
 )
+_USAGE_DEFAULTS = {"cached_prompt_tokens": 0, "token_source": None}
 _ROLLUP_SUMS = (
     "windows", "seconds", "energy_j", "util_pct_s", "prompt_tokens", "completion_tokens",
     "cost_capex_micro", "cost_energy_micro", "cost_opex_micro", "cost_micro", "cost_prompt_micro",
     "cost_completion_micro", "idle_cost_micro", "idle_seconds", "idle_util_pct_s",
+    "cached_prompt_tokens", "token_gap_s", "unavailable_seconds", "unavailable_cost_micro", "rounded_tokens",
 )
+
+
+def _save_origins(c: sqlite3.Connection, origins: dict[str, dict[str, Any]], at: float) -> None:
+    rows = [(src, model, k.prompt_tokens, k.completion_tokens, k.cached_tokens, k.prefill_s, k.decode_s,
+             k.provenance, k.error_bound, at)
+            for src, models in origins.items() for model, k in models.items()]
+    c.executemany("INSERT INTO token_origins(source, model, prompt_tokens, completion_tokens, cached_tokens,"
+                  " prefill_s, decode_s, provenance, error_bound, at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                  " ON CONFLICT(source, model) DO UPDATE SET prompt_tokens = excluded.prompt_tokens,"
+                  " completion_tokens = excluded.completion_tokens, cached_tokens = excluded.cached_tokens,"
+                  " prefill_s = excluded.prefill_s, decode_s = excluded.decode_s,"
+                  " provenance = excluded.provenance, error_bound = excluded.error_bound, at = excluded.at", rows)
 
 
 def _roll_up(c: sqlite3.Connection, w: dict[str, Any], usage: list[dict[str, Any]]) -> None:
@@ -498,7 +581,11 @@ def _roll_up(c: sqlite3.Connection, w: dict[str, Any], usage: list[dict[str, Any
     seconds = w["end"] - w["start"]
     util_s = (w["util_pct"] or 0.0) * seconds if w["util_pct"] is not None else 0.0
     tokens = w["prompt_tokens"] + w["completion_tokens"]
-    idle = tokens == 0
+    # A window whose token source could not be read and that shows no tokens is not idle: its
+    # tokens are unknown. Its cost goes to unavailable_cost_micro, never to idle.
+    unavailable = tokens == 0 and (w.get("token_gap_s") or 0) > 0
+    idle = tokens == 0 and not unavailable
+    rounded = tokens if w.get("token_source") == "rounded" else 0
     rows = [("", "", {
         "windows": 1, "seconds": seconds, "energy_j": w["energy_j"] or 0.0, "util_pct_s": util_s,
         "prompt_tokens": w["prompt_tokens"], "completion_tokens": w["completion_tokens"],
@@ -507,6 +594,9 @@ def _roll_up(c: sqlite3.Connection, w: dict[str, Any], usage: list[dict[str, Any
         "cost_prompt_micro": w["cost_prompt_micro"], "cost_completion_micro": w["cost_completion_micro"],
         "idle_cost_micro": w["cost_micro"] if idle else 0,
         "idle_seconds": seconds if idle else 0.0, "idle_util_pct_s": util_s if idle else 0.0,
+        "cached_prompt_tokens": w.get("cached_prompt_tokens") or 0, "token_gap_s": w.get("token_gap_s") or 0.0,
+        "unavailable_seconds": seconds if unavailable else 0.0,
+        "unavailable_cost_micro": w["cost_micro"] if unavailable else 0, "rounded_tokens": rounded,
     })]
     for u in usage:
         rows.append((u["model"], u["tenant"], {
@@ -516,6 +606,9 @@ def _roll_up(c: sqlite3.Connection, w: dict[str, Any], usage: list[dict[str, Any
             "cost_opex_micro": u["cost_opex_micro"], "cost_micro": u["cost_micro"],
             "cost_prompt_micro": u["cost_prompt_micro"], "cost_completion_micro": u["cost_completion_micro"],
             "idle_cost_micro": 0, "idle_seconds": 0.0, "idle_util_pct_s": 0.0,
+            "cached_prompt_tokens": u.get("cached_prompt_tokens") or 0, "token_gap_s": 0.0,
+            "unavailable_seconds": 0.0, "unavailable_cost_micro": 0,
+            "rounded_tokens": (u["prompt_tokens"] + u["completion_tokens"]) if u.get("token_source") == "rounded" else 0,
         }))
     sums = ", ".join(_ROLLUP_SUMS)
     params = ", ".join(":" + k for k in _ROLLUP_SUMS)

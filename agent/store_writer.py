@@ -42,6 +42,8 @@ AGENT_BUSY_TIMEOUT_MS = 500
 class Batch:
     rows: list[tuple[dict[str, Any], list[dict[str, Any]]]]
     push_cursors: dict[str, int] = field(default_factory=dict)
+    origins: dict[str, dict[str, Any]] | None = None  # token totals the rows' deltas end at
+    origins_at: float | None = None
 
 
 @dataclass
@@ -99,10 +101,11 @@ class StoreWriter:
 
     # -- the agent's side ---------------------------------------------------------------------
 
-    def put(self, rows: list, push_cursors: dict[str, int] | None = None) -> None:
+    def put(self, rows: list, push_cursors: dict[str, int] | None = None,
+            origins: dict[str, dict[str, Any]] | None = None, origins_at: float | None = None) -> None:
         if not rows and not push_cursors:
             return
-        self.pending.append(Batch(list(rows), dict(push_cursors or {})))
+        self.pending.append(Batch(list(rows), dict(push_cursors or {}), origins, origins_at))
         self._count()
         while self.status.pending_windows > self.max_pending and len(self.pending) > 1:
             lost = self.pending.popleft()
@@ -126,7 +129,8 @@ class StoreWriter:
         while self.pending:
             batch = self.pending[0]
             try:
-                new += self.store.commit_windows(batch.rows, batch.push_cursors or None, self.push_targets())
+                new += self.store.commit_windows(batch.rows, batch.push_cursors or None, self.push_targets(),
+                                                 origins=batch.origins, at=batch.origins_at)
             except sqlite3.Error as e:
                 rollback_quietly(self.store.conn)
                 self._failed(sqlite_reason(e))

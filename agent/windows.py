@@ -15,7 +15,13 @@ suspend is flagged, and that interval is treated as a gap, since its wall-clock 
 not to be trusted.
 
 Tokens are attributed to the window that holds the scrape (or push) time: the delta since the
-previous scrape ends there.
+previous scrape ends there. Each usage row carries its cached prompt tokens (a subset of its
+prompt tokens) and where its tokens come from (``token_source``: counter, push, histogram,
+rounded, with ``error_bound`` tokens of possible error for rounded counts). Time a token source
+mapped to the device could not be read is the window's ``token_gap_s`` (flag
+``tokens_unavailable``): such a window's tokens are unknown, not zero. Tokens served while the
+agent was down reach the first window after it restarts, flagged ``backfill`` with the span
+they cover (``backfill_s``).
 """
 
 from __future__ import annotations
@@ -42,18 +48,35 @@ class Tick:
     boot: float
 
 
+_TOKEN_SOURCE_RANK = {"counter": 0, "push": 1, "histogram": 2, "rounded": 3}
+
+
+def worst_token_source(a: str | None, b: str | None) -> str | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if _TOKEN_SOURCE_RANK.get(a, 9) >= _TOKEN_SOURCE_RANK.get(b, 9) else b
+
+
 @dataclass
 class Usage:
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # every prompt token, cached or not (what usage.prompt_tokens counts)
     completion_tokens: int = 0
     prefill_s: float | None = None
     decode_s: float | None = None
+    cached_prompt_tokens: int = 0  # of prompt_tokens, those a prefix cache served
+    token_source: str | None = None
+    error_bound: int = 0
 
     def add(self, other: "Usage") -> None:
         self.prompt_tokens += other.prompt_tokens
         self.completion_tokens += other.completion_tokens
+        self.cached_prompt_tokens += other.cached_prompt_tokens
         self.prefill_s = _add_opt(self.prefill_s, other.prefill_s)
         self.decode_s = _add_opt(self.decode_s, other.decode_s)
+        self.token_source = worst_token_source(self.token_source, other.token_source)
+        self.error_bound += other.error_bound
 
 
 def _add_opt(a: float | None, b: float | None) -> float | None:
@@ -78,6 +101,8 @@ class Window:
     flags: list[str] = field(default_factory=list)
     usage: dict[tuple[str, str], Usage] = field(default_factory=dict)  # (model, tenant) -> Usage
     journal_id: int | None = None  # the last push journal row whose share this window holds
+    token_gap_s: float = 0.0  # time a token source of this device could not be read
+    backfill_s: float = 0.0  # the agent's downtime whose tokens this window carries
 
     @property
     def duration_s(self) -> float:
@@ -104,6 +129,22 @@ class Window:
     @property
     def completion_tokens(self) -> int:
         return sum(u.completion_tokens for u in self.usage.values())
+
+    @property
+    def cached_prompt_tokens(self) -> int:
+        return sum(u.cached_prompt_tokens for u in self.usage.values())
+
+    @property
+    def token_source(self) -> str | None:
+        out = None
+        for u in self.usage.values():
+            if u.prompt_tokens or u.completion_tokens:
+                out = worst_token_source(out, u.token_source)
+        return out
+
+    @property
+    def token_error_bound(self) -> int:
+        return sum(u.error_bound for u in self.usage.values())
 
     def flag(self, name: str) -> None:
         if name not in self.flags:
@@ -145,13 +186,29 @@ class WindowBuilder:
         self._prev: _Point | None = None
         self._t = start  # effective wall time: never goes backwards
 
-    def add_usage(self, at: float, usage: dict[tuple[str, str], Usage], journal_id: int | None = None) -> None:
+    def add_usage(self, at: float, usage: dict[tuple[str, str], Usage], journal_id: int | None = None,
+                  backfill_s: float = 0.0, lost: bool = False) -> None:
         """Token deltas observed at ``at``: they belong to the open window (``journal_id``: the
-        last push journal row they include, consumed when this window commits)."""
+        last push journal row they include, consumed when this window commits). ``backfill_s``:
+        they include what a server served during this long while the agent was down; ``lost``: a
+        server restarted meanwhile, so some of what it served then is lost."""
         for key, u in usage.items():
             self.current.usage.setdefault(key, Usage()).add(u)
         if journal_id is not None:
             self.current.journal_id = max(self.current.journal_id or 0, journal_id)
+        if backfill_s > 0:
+            self.current.backfill_s = max(self.current.backfill_s, round(backfill_s, 3))
+            self.current.flag("backfill")
+        if lost:
+            self.current.flag("tokens_lost")
+
+    def add_token_gap(self, seconds: float) -> None:
+        """A token source of this device could not be read for ``seconds`` up to now."""
+        if seconds <= 0:
+            return
+        w = self.current
+        w.token_gap_s = min(w.duration_s, round(w.token_gap_s + seconds, 6))
+        w.flag("tokens_unavailable")
 
     def add_sample(self, tick: Tick, sample: DeviceSample | None) -> list[Window]:
         """One sampling round; ``sample`` None (or not ok) means no reading this round."""

@@ -17,8 +17,8 @@ from meterd.units import J_PER_KWH, MICRO, iso, parse_iso
 PERIODS = ("hour", "day", "month")
 EXPORT_COLUMNS = (
     "period", "period_start", "node", "model", "currency", "windows", "prompt_tokens",
-    "completion_tokens", "tokens", "energy_j", "energy_kwh", "cost_micro", "cost",
-    "idle_cost_micro", "cost_per_mtok_micro", "cost_per_mtok",
+    "cached_prompt_tokens", "completion_tokens", "tokens", "energy_j", "energy_kwh", "cost_micro", "cost",
+    "idle_cost_micro", "unavailable_cost_micro", "cost_per_mtok_micro", "cost_per_mtok",
 )
 
 
@@ -84,6 +84,7 @@ def billing_rows(groups: Iterable[dict[str, Any]], period: str) -> list[dict[str
             "currency": g["currency"],
             "windows": g["windows"],
             "prompt_tokens": g["prompt_tokens"],
+            "cached_prompt_tokens": g.get("cached_prompt_tokens") or 0,
             "completion_tokens": g["completion_tokens"],
             "tokens": tokens,
             "energy_j": None if energy is None else round(energy, 3),
@@ -91,6 +92,7 @@ def billing_rows(groups: Iterable[dict[str, Any]], period: str) -> list[dict[str
             "cost_micro": g["cost_micro"],
             "cost": money(g["cost_micro"]),
             "idle_cost_micro": g["idle_cost_micro"],
+            "unavailable_cost_micro": g.get("unavailable_cost_micro") or 0,
             "cost_per_mtok_micro": cpm,
             "cost_per_mtok": money(cpm),
         })
@@ -102,10 +104,11 @@ def totals(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     by: dict[str, dict[str, Any]] = {}
     for r in rows:
         t = by.setdefault(r["currency"], {"currency": r["currency"], "prompt_tokens": 0,
-                                          "completion_tokens": 0, "energy_j": 0.0, "cost_micro": 0,
-                                          "idle_cost_micro": 0})
-        for k in ("prompt_tokens", "completion_tokens", "cost_micro", "idle_cost_micro"):
-            t[k] += r[k]
+                                          "cached_prompt_tokens": 0, "completion_tokens": 0, "energy_j": 0.0,
+                                          "cost_micro": 0, "idle_cost_micro": 0, "unavailable_cost_micro": 0})
+        for k in ("prompt_tokens", "cached_prompt_tokens", "completion_tokens", "cost_micro", "idle_cost_micro",
+                  "unavailable_cost_micro"):
+            t[k] += r.get(k) or 0
         t["energy_j"] += r["energy_j"] or 0.0
     out = []
     for cur in sorted(by):

@@ -38,11 +38,12 @@ _WINDOW_COLS = (
     "energy_source", "avg_power_w", "util_pct", "prompt_tokens", "completion_tokens",
     "cost_capex_micro", "cost_energy_micro", "cost_opex_micro", "cost_micro", "cost_prompt_micro",
     "cost_completion_micro", "currency", "partial", "gap_s", "flags", "config_hash", "agent_version",
+    "cached_prompt_tokens", "token_source", "token_error_bound", "token_gap_s", "backfill_s",
 )
 _USAGE_COLS = (
     "seq", "node", "device", "start", "currency", "model", "tenant", "attributed",
     "prompt_tokens", "completion_tokens", "cost_micro", "cost_prompt_micro",
-    "cost_completion_micro", "energy_j", "seconds",
+    "cost_completion_micro", "energy_j", "seconds", "cached_prompt_tokens", "token_gap_s",
 )
 
 
@@ -187,8 +188,25 @@ def _m1_initial(conn: sqlite3.Connection) -> None:
     )
 
 
+def _m2_token_detail(conn: sqlite3.Connection) -> None:
+    """Cached prompt tokens, token provenance and outages (agent schema 4's fields); events of
+    older agents have none of them and read as 0 / null."""
+    run_script(
+        conn,
+        """
+        ALTER TABLE windows ADD COLUMN cached_prompt_tokens INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE windows ADD COLUMN token_source TEXT;
+        ALTER TABLE windows ADD COLUMN token_error_bound INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE windows ADD COLUMN token_gap_s REAL NOT NULL DEFAULT 0;
+        ALTER TABLE windows ADD COLUMN backfill_s REAL NOT NULL DEFAULT 0;
+        ALTER TABLE usage ADD COLUMN cached_prompt_tokens INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE usage ADD COLUMN token_gap_s REAL NOT NULL DEFAULT 0
+        """,
+    )
+
+
 #: Append only. Each entry moves the schema from version i to i+1.
-MIGRATIONS: list[Migration] = [_m1_initial]
+MIGRATIONS: list[Migration] = [_m1_initial, _m2_token_detail]
 
 
 @dataclass(frozen=True)
@@ -282,7 +300,7 @@ class SQLStore(CollectorStore):
         by_seq = {r["seq"]: r for r in rows}
         for r in rows:
             r["usage"] = []
-        statements = [("SELECT seq, model, tenant, prompt_tokens, completion_tokens, cost_micro, "
+        statements = [("SELECT seq, model, tenant, prompt_tokens, completion_tokens, cached_prompt_tokens, cost_micro, "
                        "cost_prompt_micro, cost_completion_micro, energy_j, seconds FROM usage "
                        f"WHERE seq IN ({', '.join('?' * len(chunk))}) ORDER BY seq, {self.dialect.usage_order}",
                        chunk) for chunk in _chunks(list(by_seq), 500)]
@@ -302,24 +320,30 @@ class SQLStore(CollectorStore):
         names = [*group_by, "currency"]
         where, args = self._where(q, "t")
         isum = d.int_sum.format
-        ints = ("prompt_tokens", "completion_tokens", "cost_micro", "cost_prompt_micro", "cost_completion_micro")
+        ints = ("prompt_tokens", "completion_tokens", "cached_prompt_tokens", "cost_micro", "cost_prompt_micro",
+                "cost_completion_micro")
         if per_model:
             for col in ("model", "tenant"):
                 if getattr(q, col) is not None:
                     where.append(f"t.{col} = ?")
                     args.append(getattr(q, col))
             sums = ["COUNT(DISTINCT seq) AS windows", "SUM(seconds) AS seconds", "SUM(energy_j) AS energy_j",
-                    *(f"{isum(c)} AS {c}" for c in ints[:2]),
+                    *(f"{isum(c)} AS {c}" for c in ints[:3]),
                     "NULL AS cost_capex_micro", "NULL AS cost_energy_micro", "NULL AS cost_opex_micro",
-                    *(f"{isum(c)} AS {c}" for c in ints[2:])]
+                    *(f"{isum(c)} AS {c}" for c in ints[3:])]
             table = "usage"
         else:
             sums = ["COUNT(*) AS windows", "SUM(duration_s) AS seconds", "SUM(energy_j) AS energy_j",
-                    *(f"{isum(c)} AS {c}" for c in ints[:2]),
+                    *(f"{isum(c)} AS {c}" for c in ints[:3]),
                     *(f"{isum(c)} AS {c}" for c in ("cost_capex_micro", "cost_energy_micro", "cost_opex_micro")),
-                    *(f"{isum(c)} AS {c}" for c in ints[2:])]
+                    *(f"{isum(c)} AS {c}" for c in ints[3:])]
             table = "windows"
-        idle = isum("CASE WHEN prompt_tokens + completion_tokens = 0 THEN cost_micro ELSE 0 END") + " AS idle_cost_micro"
+        # No tokens from a source that answered: idle; no tokens because it could not be read:
+        # unavailable, never idle.
+        idle = (isum("CASE WHEN prompt_tokens + completion_tokens = 0 AND token_gap_s = 0 THEN cost_micro ELSE 0 END")
+                + " AS idle_cost_micro, "
+                + isum("CASE WHEN prompt_tokens + completion_tokens = 0 AND token_gap_s > 0 THEN cost_micro ELSE 0 END")
+                + " AS unavailable_cost_micro")
         group = ", ".join(names)
         sql = (f"SELECT * FROM (SELECT {', '.join([*keys, 'currency', *sums, idle])} FROM {table} t "
                f"{'WHERE ' + ' AND '.join(where) if where else ''} "

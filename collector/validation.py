@@ -28,6 +28,7 @@ from meterd.units import parse_iso
 
 MAX_INT = 2**63 - 1  # SQLite INTEGER
 ENERGY_SOURCES = ("counter", "integrated", "estimated")
+TOKEN_SOURCES = ("counter", "push", "histogram", "rounded")
 # The wire carries times to the millisecond (agent.events.iso truncates) while event_id rounds
 # the unrounded start: allow the ids of the neighbouring milliseconds, and a duration that is off
 # by the truncation of both ends.
@@ -187,6 +188,15 @@ def check_event(ev: Any, index: int, raw: str | None = None) -> tuple[Parsed | N
     util = _number(errs, data, "util_pct", d, optional=True)
     prompt = _count(errs, data, "prompt_tokens", d)
     completion = _count(errs, data, "completion_tokens", d)
+    # Since agent schema 4; absent from older agents' events (then 0 / null).
+    cached = _count(errs, data, "cached_prompt_tokens", d) if "cached_prompt_tokens" in data else 0
+    token_source = data.get("token_source")
+    if token_source is not None and token_source not in TOKEN_SOURCES:
+        errs.add("data.token_source", f"must be one of {', '.join(TOKEN_SOURCES)} or null, "
+                                      f"not {json.dumps(token_source)}")
+    error_bound = _count(errs, data, "token_error_bound", d) if "token_error_bound" in data else 0
+    token_gap = _number(errs, data, "token_gap_s", d, optional=True) or 0.0
+    backfill = _number(errs, data, "backfill_s", d, optional=True) or 0.0
     partial = data.get("partial", False)
     if not isinstance(partial, bool):
         errs.add("data.partial", f"must be a boolean, not {_tname(partial)}")
@@ -219,6 +229,8 @@ def check_event(ev: Any, index: int, raw: str | None = None) -> tuple[Parsed | N
         "duration_s": duration, "energy_j": energy, "energy_source": energy_source,
         "avg_power_w": avg_power, "util_pct": util,
         "prompt_tokens": prompt, "completion_tokens": completion,
+        "cached_prompt_tokens": cached, "token_source": token_source, "token_error_bound": error_bound,
+        "token_gap_s": token_gap, "backfill_s": backfill,
         "cost_capex_micro": c["capex_micro"], "cost_energy_micro": c["energy_micro"],
         "cost_opex_micro": c["opex_micro"], "cost_micro": c["total_micro"],
         "cost_prompt_micro": c["prompt_micro"], "cost_completion_micro": c["completion_micro"],
@@ -272,11 +284,12 @@ def _finish(errs: _Errors, source: str, eid: str, raw: str, window: dict[str, An
                                            "when the window has tokens")
     if tokens == 0 and (window["cost_prompt_micro"] or window["cost_completion_micro"]):
         errs.add("data.cost.prompt_micro", "prompt_micro and completion_micro must be 0 without tokens")
-    usage_cost = usage_prompt = usage_completion = 0
+    usage_cost = usage_prompt = usage_completion = usage_cached = 0
     for u in usage_rows:
         usage_cost += u["cost_micro"]
         usage_prompt += u["prompt_tokens"]
         usage_completion += u["completion_tokens"]
+        usage_cached += u["cached_prompt_tokens"]
     if tokens > 0 and usage_cost != total:
         errs.add("data.usage", f"the usage rows' cost_micro sum to {usage_cost}, "
                                f"not total_micro {total}")
@@ -286,6 +299,8 @@ def _finish(errs: _Errors, source: str, eid: str, raw: str, window: dict[str, An
         errs.add("data.usage", "the usage rows' prompt_tokens exceed the window's")
     if usage_completion > completion:
         errs.add("data.usage", "the usage rows' completion_tokens exceed the window's")
+    if usage_cached > window["cached_prompt_tokens"]:
+        errs.add("data.usage", "the usage rows' cached_prompt_tokens exceed the window's")
     node, device, start = window["node"], window["device"], window["start"]
     key_ms = id_ms(eid, node, device, start)
     if key_ms is None:
@@ -338,6 +353,8 @@ def _check_usage(errs: _Errors, data: dict) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"model": model, "tenant": tenant}
         for k in _USAGE_INTS:
             row[k] = _count(errs, u, k, where)
+        row["cached_prompt_tokens"] = _count(errs, u, "cached_prompt_tokens", where) \
+            if "cached_prompt_tokens" in u else 0
         if (model, tenant) in seen and model is not None and tenant is not None:
             errs.add(f"data.usage[{j}]", f"(model, tenant) = ({model!r}, {tenant!r}) appears twice")
         seen.add((model, tenant))
@@ -359,7 +376,8 @@ def allocate(window: dict[str, Any], usage: list[dict[str, Any]]) -> list[dict[s
     tokens = window["prompt_tokens"] + window["completion_tokens"]
     energy, duration = window["energy_j"], window["duration_s"]
     out = []
-    prompt = completion = cost = cost_prompt = cost_completion = 0
+    prompt = completion = cached = cost = cost_prompt = cost_completion = 0
+    gap = window["token_gap_s"]  # copied to every row, so a model's rows tell outage from idle
     shares = 0.0
     for u in usage:  # one pass: this runs for every event of every batch
         if total > 0:
@@ -371,16 +389,19 @@ def allocate(window: dict[str, Any], usage: list[dict[str, Any]]) -> list[dict[s
         shares += share
         prompt += u["prompt_tokens"]
         completion += u["completion_tokens"]
+        cached += u["cached_prompt_tokens"]
         cost += u["cost_micro"]
         cost_prompt += u["cost_prompt_micro"]
         cost_completion += u["cost_completion_micro"]
         out.append({**u, "attributed": 1, "energy_j": None if energy is None else energy * share,
-                    "seconds": duration * share})
+                    "seconds": duration * share, "token_gap_s": gap})
     share = max(0.0, 1.0 - shares)
     rest = {
         "model": None, "tenant": None, "attributed": 0,
         "prompt_tokens": window["prompt_tokens"] - prompt,
         "completion_tokens": window["completion_tokens"] - completion,
+        "cached_prompt_tokens": window["cached_prompt_tokens"] - cached,
+        "token_gap_s": gap,
         "cost_micro": total - cost,
         "cost_prompt_micro": window["cost_prompt_micro"] - cost_prompt,
         "cost_completion_micro": window["cost_completion_micro"] - cost_completion,
@@ -441,6 +462,7 @@ class _Usage(msgspec.Struct):
     cost_micro: _Count
     cost_prompt_micro: _Count
     cost_completion_micro: _Count
+    cached_prompt_tokens: _Count = 0
 
 
 class _Cost(msgspec.Struct):
@@ -466,6 +488,11 @@ class _Data(msgspec.Struct, kw_only=True):
     util_pct: _Num | None = None
     prompt_tokens: _Count
     completion_tokens: _Count
+    cached_prompt_tokens: _Count = 0
+    token_source: Literal["counter", "push", "histogram", "rounded"] | None = None
+    token_error_bound: _Count = 0
+    token_gap_s: _Num | None = None
+    backfill_s: _Num | None = None
     usage: list[_Usage]
     cost: _Cost
     partial: bool = False
@@ -588,6 +615,9 @@ def _fast(ev: _Event, raw: str, times: dict[str, float | None]) -> Parsed | None
         "duration_s": d.duration_s, "energy_j": d.energy_j, "energy_source": d.energy_source,
         "avg_power_w": d.avg_power_w, "util_pct": d.util_pct,
         "prompt_tokens": d.prompt_tokens, "completion_tokens": d.completion_tokens,
+        "cached_prompt_tokens": d.cached_prompt_tokens, "token_source": d.token_source,
+        "token_error_bound": d.token_error_bound, "token_gap_s": d.token_gap_s or 0.0,
+        "backfill_s": d.backfill_s or 0.0,
         "cost_capex_micro": c.capex_micro, "cost_energy_micro": c.energy_micro,
         "cost_opex_micro": c.opex_micro, "cost_micro": c.total_micro,
         "cost_prompt_micro": c.prompt_micro, "cost_completion_micro": c.completion_micro,
@@ -597,6 +627,7 @@ def _fast(ev: _Event, raw: str, times: dict[str, float | None]) -> Parsed | None
     }
     usage = [{"model": u.model, "tenant": u.tenant, "prompt_tokens": u.prompt_tokens,
               "completion_tokens": u.completion_tokens, "cost_micro": u.cost_micro,
-              "cost_prompt_micro": u.cost_prompt_micro, "cost_completion_micro": u.cost_completion_micro}
+              "cost_prompt_micro": u.cost_prompt_micro, "cost_completion_micro": u.cost_completion_micro,
+              "cached_prompt_tokens": u.cached_prompt_tokens}
              for u in d.usage]
     return _finish(errs, ev.source, ev.id, raw, window, usage)

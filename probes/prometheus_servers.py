@@ -71,6 +71,9 @@ DEFAULT_MODEL = "default"
 #: A counter beyond 2^53 has lost integer precision and would overflow SQLite's INTEGER once
 #: summed: it is a reading error (a gap with this reason), never a bill.
 MAX_COUNTER = float(2**53)
+#: Model label values that name no model: trtllm-serve hard-codes "undefined"; others say
+#: "default" or leave the label empty. A configured model name replaces them.
+PLACEHOLDER_MODELS = frozenset({"", "undefined", "default", "none", "null", "unknown"})
 
 
 class TokenProbeError(ProbeError):
@@ -447,8 +450,9 @@ def read_totals(samples: Samples, kind: str = "auto", *, model: str | None = Non
     """Cumulative token counts per model from one parsed scrape.
 
     ``kind`` is one of :data:`KINDS` or ``auto``. ``model`` names the model of a one-model
-    server (TGI, llama.cpp, a generic server without a model label) and of samples that lack
-    the model label; default ``"default"``. Raises :class:`MetricsMissing` naming the missing
+    server (TGI, llama.cpp, a generic server without a model label), of samples that lack
+    the model label and of those whose label is a placeholder (:data:`PLACEHOLDER_MODELS`,
+    e.g. trtllm-serve's ``"undefined"``); default ``"default"``. Raises :class:`MetricsMissing` naming the missing
     metric, :class:`BadCounter` naming the bad sample.
     """
     if kind == "auto":
@@ -480,6 +484,8 @@ def read_totals(samples: Samples, kind: str = "auto", *, model: str | None = Non
                 continue
             _check_value(name, labels, value, whole=f.name not in ("prefill_s", "decode_s"))
             m = (labels.get(spec.model_label) if spec.model_label else None) or default_model
+            if model and m in PLACEHOLDER_MODELS:
+                m = model
             acc = per_model.setdefault(m, {})
             acc[f.name] = acc.get(f.name, 0) + value
             if f.name in _TOKENS or f.name == "cached_tokens":

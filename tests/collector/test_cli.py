@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from meterd.agent.cli import main
 from meterd.collector.auth import authenticate
-from meterd.collector.store import SQLiteStore
+from meterd.collector.store import MIGRATIONS, SQLiteStore
 from meterd.collector.validation import check_batch
 from tests.collector.conftest import T0, make_event, minutes, post_batch
 
@@ -148,7 +148,8 @@ def test_a_database_from_a_newer_collector_is_one_clear_line(tmp_path):
     c.close()
     r = meter("collector", "token", "create", "n1", "--db", str(db))
     assert r.exit_code == 1
-    assert r.output.strip() == (f"Error: {db} has schema version 99, newer than this meterd knows (1): "
+    assert r.output.strip() == (f"Error: {db} has schema version 99, newer than this meterd knows "
+                                 f"({len(MIGRATIONS)}): "
                                  "it was written by a newer meterd; upgrade meterd to use it")
     assert "Traceback" not in r.output
 

@@ -53,7 +53,7 @@ def test_windows_filters_and_pages(api, fleet, read_token):
         ("GPU-0", iso(T0)), ("GPU-0", iso(T0 + 60)), ("GPU-0", iso(T0 + 120)), ("GPU-1", iso(T0 + 3600))]
     assert ws[0]["event_id"] == fleet[0]["id"] and ws[0]["partial"] is False and ws[0]["flags"] == []
     assert ws[3]["usage"][0]["model"] == "a" and ws[3]["usage"][0]["tenant"] == "acme"
-    assert ws[2]["usage"] == [{"model": None, "tenant": None, "prompt_tokens": 0, "completion_tokens": 0,
+    assert ws[2]["usage"] == [{"model": None, "tenant": None, "prompt_tokens": 0, "completion_tokens": 0, "cached_prompt_tokens": 0,
                                "cost_micro": 61_234, "cost_prompt_micro": 0, "cost_completion_micro": 0,
                                "energy_j": 31_250.5, "seconds": 60.0}]
     by_model = get(api, "/api/v1/windows", read_token, model="b").json()["windows"]
