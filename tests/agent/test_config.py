@@ -183,3 +183,29 @@ def test_bench_capacity_uses_the_configs_prices_and_models(tmp_path):
     prices = parse_config(tomllib.loads(cfg.read_text())).prices
     rate = capacity_rate_micro_per_s(prices, DeviceShare.for_node(False, 0), cap["watts"])
     assert cap["cost_per_mtok_decode_micro"] == round(rate * 10**6 / Fraction(cap["decode_tokens_per_s"]))
+
+
+def test_source_flag_takes_a_model_and_devices():
+    from meterd.agent.config import ConfigError, parse_source_flag
+
+    s = parse_source_flag("trtllm=http://127.0.0.1:8000/prometheus/metrics,model=llama-3.1-8b,devices=0,1")
+    assert (s.kind, s.url, s.model, s.devices) == ("trtllm", "http://127.0.0.1:8000/prometheus/metrics",
+                                                    "llama-3.1-8b", ("0", "1"))
+    plain = parse_source_flag("vllm=http://127.0.0.1:8000/metrics")
+    assert plain.model is None and plain.devices == ("all",)
+    # two flags of one kind are two sources, each tracked by its own name
+    assert parse_source_flag("vllm=http://127.0.0.1:8001/metrics").name != plain.name
+    for bad in ("vllm=http://127.0.0.1:8000/metrics,model=", "vllm=http://127.0.0.1:8000/metrics,devices=",
+                "vllm=http://x/metrics,model=a,model=b", "vllm"):
+        with pytest.raises(ConfigError) as e:
+            parse_source_flag(bad)
+        assert "--source" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_cached_prompt_token_weight_is_a_price_between_0_and_1():
+    from meterd.agent.config import ConfigError, parse_config
+
+    assert parse_config({}).prices.cached_prompt_token_weight == 0.1
+    assert parse_config({"prices": {"cached_prompt_token_weight": 0.5}}).prices.cached_prompt_token_weight == 0.5
+    with pytest.raises(ConfigError, match="cached_prompt_token_weight"):
+        parse_config({"prices": {"cached_prompt_token_weight": 1.5}})

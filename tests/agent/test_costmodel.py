@@ -118,3 +118,18 @@ def test_no_usage_row_gets_a_negative_opex_from_two_roundings():
     _, _, rows = split_cost(Cost(1, 1, 0), [(("a", ""), 0, 1), (("b", ""), 0, 1)], None, None, 0.25)
     assert [(r.cost_micro, r.capex_micro, r.energy_micro, r.opex_micro) for r in rows] == [
         (1, 1, 0, 0), (1, 0, 1, 0)]
+
+
+def test_cached_prompt_tokens_weigh_cached_prompt_token_weight_of_a_prompt_token():
+    from meterd.agent.costmodel import Cost, prompt_share, split_cost
+
+    # 1000 prompt tokens of which 900 cached at 0.1: 190 prompt-token equivalents, weight 1 : 1
+    assert prompt_share(1000, 190, None, None, 1.0, 900, 0.1) == Fraction(1, 2)
+    assert prompt_share(1000, 190, None, None, 1.0) == Fraction(1000, 1190)  # no cache: every token
+    # time-based splits already leave out what a cache served: the weight does not apply
+    assert prompt_share(1000, 190, 0.25, 0.75, 1.0, 900, 0.1) == Fraction(1, 4)
+    cost = Cost(capex_micro=10_000, energy_micro=0, opex_micro=0)
+    prompt, completion, rows = split_cost(cost, [("a", 1000, 0, 900), ("b", 100, 0, 0)], None, None, 1.0, 0.1)
+    assert (prompt, completion) == (10_000, 0)
+    # a's 1000 tokens (900 cached) weigh 190, b's 100 weigh 100
+    assert [r.cost_prompt_micro for r in rows] == [6552, 3448] and [r.cached_prompt_tokens for r in rows] == [900, 0]

@@ -131,3 +131,13 @@ def test_a_malformed_wanted_line_is_still_refused():
     from meterd.probes.prometheus_servers import NotPrometheusText
     with pytest.raises(NotPrometheusText):
         totals_from_text('vllm:prompt_tokens_total{model_name="m" 5\n', "vllm")
+
+
+def test_a_placeholder_model_label_takes_the_configured_name():
+    """trtllm-serve hard-codes model_name="undefined"; the source's model names it."""
+    text = ('trtllm_prompt_tokens_total{model_name="undefined",engine_type="trtllm"} 12\n'
+            'trtllm_generation_tokens_total{model_name="undefined",engine_type="trtllm"} 3\n')
+    assert list(totals_from_text(text, "trtllm").models) == ["undefined"]
+    assert list(totals_from_text(text, "trtllm", model="llama-3.1-8b").models) == ["llama-3.1-8b"]
+    real = text.replace("undefined", "qwen")
+    assert list(totals_from_text(real, "trtllm", model="llama-3.1-8b").models) == ["qwen"]  # a real label wins
