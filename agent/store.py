@@ -210,23 +210,27 @@ def _m5_token_detail(conn: sqlite3.Connection) -> None:
     read (``token_gap_s``) and the downtime a backfill covers (``backfill_s``); rollups keep the
     unreadable time and the cost of the windows it left without tokens apart from idle; and
     ``token_origins``, the last totals of each (source, model), committed with the window that
-    consumed them so a restarted agent bills what was served while it was down."""
+    consumed them so a restarted agent bills what was served while it was down. Columns already
+    there are left alone, so the step may run over a store that has some of them."""
+    columns = {
+        "windows": ("cached_prompt_tokens INTEGER NOT NULL DEFAULT 0", "token_source TEXT",
+                    "token_error_bound INTEGER NOT NULL DEFAULT 0", "token_gap_s REAL NOT NULL DEFAULT 0",
+                    "backfill_s REAL NOT NULL DEFAULT 0"),
+        "window_usage": ("cached_prompt_tokens INTEGER NOT NULL DEFAULT 0", "token_source TEXT"),
+        "rollups": ("cached_prompt_tokens INTEGER NOT NULL DEFAULT 0", "token_gap_s REAL NOT NULL DEFAULT 0",
+                    "unavailable_seconds REAL NOT NULL DEFAULT 0",
+                    "unavailable_cost_micro INTEGER NOT NULL DEFAULT 0",
+                    "rounded_tokens INTEGER NOT NULL DEFAULT 0"),
+    }
+    for table, cols in columns.items():
+        have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+        for col in cols:
+            if col.split()[0] not in have:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {col}")
     run_script(
         conn,
         """
-        ALTER TABLE windows ADD COLUMN cached_prompt_tokens INTEGER NOT NULL DEFAULT 0;
-        ALTER TABLE windows ADD COLUMN token_source TEXT;
-        ALTER TABLE windows ADD COLUMN token_error_bound INTEGER NOT NULL DEFAULT 0;
-        ALTER TABLE windows ADD COLUMN token_gap_s REAL NOT NULL DEFAULT 0;
-        ALTER TABLE windows ADD COLUMN backfill_s REAL NOT NULL DEFAULT 0;
-        ALTER TABLE window_usage ADD COLUMN cached_prompt_tokens INTEGER NOT NULL DEFAULT 0;
-        ALTER TABLE window_usage ADD COLUMN token_source TEXT;
-        ALTER TABLE rollups ADD COLUMN cached_prompt_tokens INTEGER NOT NULL DEFAULT 0;
-        ALTER TABLE rollups ADD COLUMN token_gap_s REAL NOT NULL DEFAULT 0;
-        ALTER TABLE rollups ADD COLUMN unavailable_seconds REAL NOT NULL DEFAULT 0;
-        ALTER TABLE rollups ADD COLUMN unavailable_cost_micro INTEGER NOT NULL DEFAULT 0;
-        ALTER TABLE rollups ADD COLUMN rounded_tokens INTEGER NOT NULL DEFAULT 0;
-        CREATE TABLE token_origins (
+        CREATE TABLE IF NOT EXISTS token_origins (
             source TEXT NOT NULL,
             model TEXT NOT NULL,
             prompt_tokens INTEGER NOT NULL,
