@@ -5,8 +5,8 @@ opening for the commands that only read, one-line store errors).
 Tables: ``samples`` (raw device readings, pruned after N days), ``windows`` (billed minutes, kept
 for good; also the outbox), ``window_usage`` (per model and tenant inside a window),
 ``rollups`` (hourly and daily sums maintained as windows close; schema 2 adds the idle windows'
-seconds, schema 4 cached prompt tokens, token provenance and outages), ``bench_results`` and
-``token_origins`` (schema 4: the token totals each window's deltas were taken up to).
+seconds, schema 5 cached prompt tokens, token provenance and outages), ``bench_results`` and
+``token_origins`` (schema 5: the token totals each window's deltas were taken up to).
 """
 
 from __future__ import annotations

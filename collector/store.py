@@ -189,7 +189,7 @@ def _m1_initial(conn: sqlite3.Connection) -> None:
 
 
 def _m2_token_detail(conn: sqlite3.Connection) -> None:
-    """Cached prompt tokens, token provenance and outages (agent schema 4's fields); events of
+    """Cached prompt tokens, token provenance and outages (agent schema 5's fields); events of
     older agents have none of them and read as 0 / null."""
     run_script(
         conn,

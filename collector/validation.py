@@ -188,7 +188,7 @@ def check_event(ev: Any, index: int, raw: str | None = None) -> tuple[Parsed | N
     util = _number(errs, data, "util_pct", d, optional=True)
     prompt = _count(errs, data, "prompt_tokens", d)
     completion = _count(errs, data, "completion_tokens", d)
-    # Since agent schema 4; absent from older agents' events (then 0 / null).
+    # Since agent schema 5; absent from older agents' events (then 0 / null).
     cached = _count(errs, data, "cached_prompt_tokens", d) if "cached_prompt_tokens" in data else 0
     token_source = data.get("token_source")
     if token_source is not None and token_source not in TOKEN_SOURCES:

@@ -199,18 +199,18 @@ def test_migration_3_adds_the_outbox_acks_and_keeps_a_version_2_store(tmp_path):
         s.close()
 
 
-def test_migration_4_adds_token_detail_to_a_version_3_store_and_keeps_its_data(tmp_path):
+def test_migration_5_adds_token_detail_to_a_version_4_store_and_keeps_its_data(tmp_path):
     from meterd.sqlite_store import AGENT, open_db
 
     p = tmp_path / "m.db"
-    conn = open_db(p, AGENT, MIGRATIONS[:3])
+    conn = open_db(p, AGENT, MIGRATIONS[:4])
     conn.execute("INSERT INTO windows(node, device, start, end, prompt_tokens, completion_tokens, cost_capex_micro,"
                  " cost_energy_micro, cost_opex_micro, cost_micro, currency, event_id)"
                  " VALUES ('n', 'd', 0, 60, 5, 6, 1, 1, 1, 3, 'USD', 'e')")
     conn.close()
     s = Store(p)
     try:
-        assert s.schema_version() == len(MIGRATIONS) >= 4
+        assert s.schema_version() == len(MIGRATIONS) >= 5
         (w,) = s.windows()
         assert (w["prompt_tokens"], w["cached_prompt_tokens"], w["token_source"], w["token_gap_s"]) == (5, 0, None, 0)
         assert s.token_origins() == ({}, {})
