@@ -32,13 +32,15 @@ DEFAULT_LAST_WINDOWS = 200
 @click.option("--window", type=int, help="Window length in seconds; must divide an hour (overrides the config).")
 @click.option("--source", "sources", multiple=True, metavar="KIND=URL", help="A token source mapped to all devices, e.g. vllm=http://127.0.0.1:8000/metrics. Repeatable; replaces the config's sources.")
 @click.option("--metrics", "metrics_listen", metavar="HOST:PORT", help="Serve Prometheus metrics of the agent here (off by default).")
-@click.option("--ship", "ship_url", metavar="URL", help="Ship every window to this CloudEvents sink (a `meter collector` or OpenMeter's /api/v1/events), overriding the config.")
+@click.option("--ship", "ship_url", metavar="URL", help="Ship every window to this sink, overriding the config: a `meter collector`'s base URL (as `collector serve` prints it; /api/v1/events is appended) or the sink's own URL.")
 @click.option("--token-file", "token_file", type=click.Path(dir_okay=False), help="The sink's bearer token (a file of mode 0600), with --ship.")
 @click.option("--sink", "sink_kind", type=click.Choice(["meterd", "openmeter", "lago", "stripe"]),
               help="What --ship sends: meterd (window events, to `meter collector`; the default), or usage events "
                    "per model and tenant for openmeter, lago or stripe (docs/billing.md). Overrides [ship] sink.")
+@click.option("--ca-file", "ca_file", type=click.Path(dir_okay=False),
+              help="Trust this CA (PEM) for the sink's certificate instead of the system's CAs (a private CA), with --ship. Overrides [ship] ca_file.")
 def agent_cmd(config_path, duration, db_path, interval, window, sources, metrics_listen, ship_url, token_file,
-              sink_kind) -> None:
+              sink_kind, ca_file) -> None:
     """Meter this node: every interval read the devices and token sources, every window commit
     energy, tokens and cost to the SQLite store. Runs in the foreground (as systemd runs it).
 
@@ -49,11 +51,12 @@ def agent_cmd(config_path, duration, db_path, interval, window, sources, metrics
     root = logging.getLogger()
     root.setLevel(min(root.level, logging.INFO))
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per scrape is not an event
-    if token_file and not (ship_url or (config_path and _load(config_path).ship_url)):
-        raise click.UsageError("--token-file is the sink's token: it goes with --ship URL (or [ship] url in the config)")
+    for flag, value in (("--token-file", token_file), ("--ca-file", ca_file), ("--sink", sink_kind)):
+        if value and not (ship_url or (config_path and load_config(config_path).ship_url)):
+            raise click.UsageError(f"{flag} is for shipping: it goes with --ship URL (or [ship] url in the config)")
     overrides = runtime.Overrides(store=db_path, interval_s=interval, window_s=window, sources=sources,
                                   metrics_listen=metrics_listen, ship_url=ship_url, ship_token_file=token_file,
-                                  ship_sink=sink_kind)
+                                  ship_sink=sink_kind, ship_ca_file=ca_file)
     run = runtime.run_agent(config_path, overrides, duration_s=duration, handle_signals=True)
     s = run.summary
     click.echo(f"metered {s.rounds} rounds; committed {s.windows} windows "

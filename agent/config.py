@@ -86,6 +86,9 @@ class Config:
     ship_token_file: str | None = None
     ship_allow_insecure: bool = False
     ship_backoff_cap_s: float = 300.0
+    ship_ca_file: str | None = None  # a private CA to trust instead of the system's
+    ship_client_cert: str | None = None  # mutual TLS: the node's certificate (PEM)
+    ship_client_key: str | None = None  # and its private key (mode 0600), unless in the cert file
     # Billing sinks (meterd.agent.sinks): what the windows become, and for whom.
     ship_sink: str = "meterd"
     ship_subject: str | None = None  # untenanted and idle usage; None: the node
@@ -306,7 +309,9 @@ def parse_config(doc: dict[str, Any]) -> Config:
     for section, keys in (("push", {"listen": "push_listen"}), ("metrics", {"listen": "metrics_listen"}),
                           ("ship", {"url": "ship_url", "token_file": "ship_token_file",
                                     "allow_insecure": "ship_allow_insecure",
-                                    "backoff_cap_s": "ship_backoff_cap_s", **_SHIP_BILLING})):
+                                    "backoff_cap_s": "ship_backoff_cap_s", "ca_file": "ship_ca_file",
+                                    "client_cert": "ship_client_cert", "client_key": "ship_client_key",
+                                    **_SHIP_BILLING})):
         table = _table(section, doc.get(section, {}))
         _check_keys(section, table, keys)
         if section == "ship":
@@ -581,10 +586,14 @@ tariff_timezone = "UTC"
 
 # [ship]                              # send every window, exactly once, to a collector or any
 #                                     # CloudEvents sink that takes OpenMeter's ingest format
-# url = "https://collector.internal:8650/api/v1/events"
+# url = "https://collector.internal:8650"   # a base URL: the sink's path is appended
 # token_file = "${CREDENTIALS_DIRECTORY}/ship-token"   # must not be readable by group or others
 # allow_insecure = false              # plain http is refused unless loopback or this is true
 # backoff_cap_s = 300                 # longest wait between retries while the sink is down
+# ca_file = "${CREDENTIALS_DIRECTORY}/collector-ca.pem"  # a private CA, trusted instead of the
+#                                     # system's CAs (`meter agent --ca-file` overrides it)
+# client_cert = "${CREDENTIALS_DIRECTORY}/node.pem"  # mutual TLS: the node's certificate and
+# client_key = "${CREDENTIALS_DIRECTORY}/node.key"   # its key (mode 0600; omit if in the cert)
 # sink = "meterd"                     # meterd (window events to `meter collector`), openmeter,
 #                                     # lago or stripe (meterd.usage.v1 per model and tenant;
 #                                     # docs/billing.md); `meter agent --sink KIND` overrides

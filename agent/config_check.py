@@ -6,7 +6,8 @@ the agent takes (and one it refuses, ``check`` refuses with the same line).
 currency code); this adds what needs the whole config or the machine: the interval against the
 window, listen addresses (the push endpoint on loopback or a Unix socket only), the ship URL and
 its token file (present, a regular file, not readable by group or others; one under
-``${CREDENTIALS_DIRECTORY}`` is checked where that is set, i.e. when systemd starts the service).
+``${CREDENTIALS_DIRECTORY}`` is checked where that is set, i.e. when systemd starts the service),
+and its TLS files (a private CA, a client certificate and key; the same rule for credentials).
 """
 
 from __future__ import annotations
@@ -61,10 +62,30 @@ def check_agent_config(config: Config, starting: bool = False) -> str | None:
         raise ConfigError(f"ship.url: {e}") from None
     if not config.ship_token_file:
         raise ConfigError("ship.token_file: shipping needs a bearer token: --token-file FILE or [ship] token_file")
-    if (not starting and "CREDENTIALS_DIRECTORY" in config.ship_token_file
-            and not os.environ.get("CREDENTIALS_DIRECTORY")):
+    _check_tls(config, starting)
+    if _later(config.ship_token_file, starting):
         return None  # systemd's LoadCredential= makes it when the service starts: checked then
     try:
         return read_token_file(config.ship_token_file)
     except ShipError as e:
         raise ConfigError(f"ship.token_file: {e}") from None
+
+
+def _later(path: str | None, starting: bool) -> bool:
+    """A file under ``${CREDENTIALS_DIRECTORY}`` outside the service: checked when it starts."""
+    return (not starting and path is not None and "CREDENTIALS_DIRECTORY" in path
+            and not os.environ.get("CREDENTIALS_DIRECTORY"))
+
+
+def _check_tls(config: Config, starting: bool) -> None:
+    """[ship] ca_file, client_cert and client_key: files that exist, PEM that loads, a key only
+    its owner may read (meterd.agent.tls)."""
+    from meterd.agent.tls import TlsSetupError, client_context
+
+    files = (config.ship_ca_file, config.ship_client_cert, config.ship_client_key)
+    if any(_later(f, starting) for f in files):
+        return
+    try:
+        client_context(*files)
+    except TlsSetupError as e:
+        raise ConfigError(str(e)) from None

@@ -18,6 +18,7 @@ import threading
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from meterd.agent.config import (
@@ -26,6 +27,8 @@ from meterd.agent.config import (
 from meterd.net import parse_listen
 
 if TYPE_CHECKING:
+    import ssl
+
     from meterd.agent.daemon import Agent, RunSummary
     from meterd.agent.metrics import AgentState, MetricsServer
     from meterd.agent.sampler import Clocks
@@ -52,6 +55,7 @@ class Overrides:
     ship_url: str | None = None
     ship_token_file: str | None = None
     ship_sink: str | None = None  # --sink
+    ship_ca_file: str | None = None  # --ca-file
 
     def apply(self, config: Config) -> Config:
         """The effective config; ConfigError names the flag that is wrong."""
@@ -72,6 +76,8 @@ class Overrides:
             changes["ship_token_file"] = self.ship_token_file
         if self.ship_sink:
             changes["ship_sink"] = parse_sink("--sink", self.ship_sink)
+        if self.ship_ca_file:
+            changes["ship_ca_file"] = self.ship_ca_file
         config = dataclasses.replace(config, **changes)
         if config.ship_window_events and config.ship_sink != "openmeter":
             raise ConfigError(f"--sink {config.ship_sink}: [ship] window_events is for the openmeter sink only")
@@ -104,6 +110,14 @@ def ship_token(config: Config) -> str | None:
     from meterd.agent.config_check import check_agent_config
 
     return check_agent_config(config, starting=True)
+
+
+def ship_tls(config: Config) -> "ssl.SSLContext | bool":
+    """What the shipper's TLS trusts and presents: the system's CAs, or [ship] ca_file (--ca-file)
+    and a client certificate; every file checked now, so a wrong one is one line at start."""
+    from meterd.agent.tls import client_context
+
+    return client_context(config.ship_ca_file, config.ship_client_cert, config.ship_client_key)
 
 
 def start_push(listen: str, store_path: str | Path | None = None) -> "PushEndpoint":
@@ -190,6 +204,7 @@ def open_runtime(config: Config, *, reload_config: Callable[[], Config] | None =
         if handle_signals:
             stack.enter_context(_signals(stop, lambda: agent_ref and agent_ref[0].request_reload()))
         token = ship_token(config)
+        verify = ship_tls(config) if token is not None else True
         store = open_store(config.store)
         try:
             lock = StoreLock(store.path).acquire()
@@ -221,11 +236,14 @@ def open_runtime(config: Config, *, reload_config: Callable[[], Config] | None =
 
             sink = sink_for(config)
             shipper = ShipperThread(store.path, config.ship_url, token, sink=sink,
-                                    backoff_cap_s=config.ship_backoff_cap_s).start()
+                                    backoff_cap_s=config.ship_backoff_cap_s, verify=verify).start()
             stack.callback(shipper.close)
             state.outbox_depth = shipper.store_counts
-            log.info("shipping %s to the %s sink at %s",
-                     "windows" if sink.kind == "meterd" else "usage events", sink.kind, shipper.endpoint)
+            log.info("shipping %s to the %s sink at %s%s%s",
+                     "windows" if sink.kind == "meterd" else "usage events", sink.kind, shipper.endpoint,
+                     f" ({urlsplit(shipper.endpoint).path} appended to the URL given)"
+                     if shipper.endpoint.rstrip("/") != config.ship_url.rstrip("/") else "",
+                     f", trusting the CA in {config.ship_ca_file}" if config.ship_ca_file else "")
         push = None
         if config.push_listen or any(src.kind == "push" for src in config.sources):
             push = start_push(config.push_listen or DEFAULT_PUSH_LISTEN, store.path)

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import random
+import ssl
 import stat
 import threading
 import time
@@ -57,13 +58,17 @@ RETRYABLE = {408, 429}
 BATCH_REFUSALS = {401, 403, 404, 405, 415}
 
 
-def check_url(url: str, allow_insecure: bool = False) -> str:
+def check_url(url: str, allow_insecure: bool = False, *, what: str = "ship url",
+              expected: str = "https://HOST[:PORT]/api/v1/events",
+              insecure_hint: str = ", or set [ship] allow_insecure = true") -> str:
+    """``url`` when a bearer token may go to it: http(s) with a host, and https unless the host
+    is loopback (or ``allow_insecure``). Checked before anything connects."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ShipError(f"ship url {url!r}: expected https://HOST[:PORT]/api/v1/events")
+        raise ShipError(f"{what} {url!r}: expected {expected}")
     if parts.scheme == "http" and not allow_insecure and not is_loopback(parts.hostname):
-        raise ShipError(f"ship url {url!r}: plain http to a non-loopback host is refused; use https, "
-                        "or set [ship] allow_insecure = true")
+        raise ShipError(f"{what} {url!r}: plain http to a non-loopback host is refused (the token would "
+                        f"cross the network in the clear); use https{insecure_hint}")
     return url
 
 
@@ -129,7 +134,8 @@ class Shipper:
                  sink: Sink | None = None,
                  max_events: int = DEFAULT_MAX_EVENTS, max_bytes: int = DEFAULT_MAX_BYTES,
                  timeout_s: float = 5.0, rng: random.Random | None = None,
-                 wall: Callable[[], float] = time.time, backoff_cap_s: float = BACKOFF_CAP_S) -> None:
+                 wall: Callable[[], float] = time.time, backoff_cap_s: float = BACKOFF_CAP_S,
+                 verify: "ssl.SSLContext | bool" = True) -> None:
         self.store = store
         self.sink = sink or MeterdSink()
         self.url = self.sink.endpoint(url)
@@ -142,7 +148,9 @@ class Shipper:
         self.backoff_cap_s = backoff_cap_s
         self.last_error: str | None = None
         self._next_post = 0.0
-        self.client = httpx.Client(transport=transport, timeout=timeout_s, headers={
+        # verify: True (the system's CAs) or an SSLContext from meterd.agent.tls (a private CA,
+        # a client certificate for mutual TLS)
+        self.client = httpx.Client(transport=transport, timeout=timeout_s, verify=verify, headers={
             "Authorization": f"Bearer {token}", "Content-Type": BATCH_CONTENT_TYPE,
             "User-Agent": "meterd-shipper"})
 

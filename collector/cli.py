@@ -7,6 +7,7 @@ it), so there is no import cycle.
 from __future__ import annotations
 
 import signal
+import ssl
 from pathlib import Path
 
 import click
@@ -45,7 +46,10 @@ def collector() -> None:
               help="TLS certificate (PEM) to serve HTTPS.")
 @click.option("--keyfile", type=click.Path(exists=True, dir_okay=False), default=None,
               help="TLS private key (PEM) for --certfile.")
-def serve(db: Path | None, listen: str, max_body: int, certfile: str | None, keyfile: str | None) -> None:
+@click.option("--client-ca", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Mutual TLS: require a client certificate signed by this CA (PEM), beside the bearer token.")
+def serve(db: Path | None, listen: str, max_body: int, certfile: str | None, keyfile: str | None,
+          client_ca: str | None) -> None:
     """Serve POST /api/v1/events, the query API and /healthz until interrupted."""
     import uvicorn  # only the server needs it
 
@@ -55,12 +59,15 @@ def serve(db: Path | None, listen: str, max_body: int, certfile: str | None, key
         raise click.BadParameter(str(e), param_hint="--listen") from None
     if (certfile is None) != (keyfile is None):
         raise click.UsageError("--certfile and --keyfile go together")
+    if client_ca is not None and certfile is None:
+        raise click.UsageError("--client-ca needs --certfile and --keyfile (mutual TLS is TLS first)")
     store = SQLiteStore(db)
     try:
         config = uvicorn.Config(
             create_app(store, max_body_bytes=max_body), host=host, port=port,
             lifespan="off", ws="none", server_header=False, log_level="info",
             ssl_certfile=certfile, ssl_keyfile=keyfile,
+            **({"ssl_ca_certs": client_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED} if client_ca else {}),
         )
         click.echo(f"collector: database {store.path}", err=True)
         # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal: end with

@@ -21,7 +21,8 @@ from meterd.units import iso
 FORMATS = ("table", "json", "csv", "html")
 
 
-def _reader(db: str | None, collector: str | None, token_file: str | None) -> Callable[[Sequence[str], Filters], Cells]:
+def _reader(db: str | None, collector: str | None, token_file: str | None,
+            tls: dict[str, str | None]) -> Callable[[Sequence[str], Filters], Cells]:
     """A function (by, filters) -> cells over the store or the collector."""
     if collector:
         if db:
@@ -29,15 +30,18 @@ def _reader(db: str | None, collector: str | None, token_file: str | None) -> Ca
         if not token_file:
             raise click.ClickException("--collector needs --token-file FILE (a token from "
                                        "`meter collector token create --read NAME`)")
-        try:
-            token = Path(token_file).read_text().strip()
-        except OSError as e:
-            raise click.ClickException(f"cannot read the token file {token_file}: {e.strerror or e}") from None
-        if not token:
-            raise click.ClickException(f"the token file {token_file} is empty")
-        return lambda by, f: read_collector(collector, token, by, f)
-    if token_file:
-        raise click.ClickException("--token-file goes with --collector URL")
+        # A read token reads every node: the shipper's rules hold for it too (checked before
+        # anything connects): https unless loopback, a token file of mode 0600.
+        from meterd.agent.shipper import check_url, read_token_file
+        from meterd.agent.tls import FLAG_NAMES, client_context
+
+        check_url(collector, what="--collector", expected="https://HOST[:PORT]", insecure_hint="")
+        token = read_token_file(token_file)
+        verify = client_context(tls["ca_file"], tls["client_cert"], tls["client_key"], names=FLAG_NAMES)
+        return lambda by, f: read_collector(collector, token, by, f, verify=verify)
+    if token_file or any(tls.values()):
+        raise click.ClickException(("--token-file goes" if token_file else "--ca-file, --client-cert and "
+                                    "--client-key go") + " with --collector URL")
 
     def read(by: Sequence[str], f: Filters) -> Cells:
         from meterd.agent.store import open_store
@@ -61,7 +65,10 @@ def _report(read: Callable[[Sequence[str], Filters], Cells], by: Sequence[str], 
 @click.command("report")
 @click.option("--db", type=click.Path(dir_okay=False), help="The SQLite store (default: the agent's).")
 @click.option("--collector", metavar="URL", help="Read a collector's query API instead of a local store.")
-@click.option("--token-file", type=click.Path(dir_okay=False), help="A file holding the collector's bearer token.")
+@click.option("--token-file", type=click.Path(dir_okay=False), help="A file holding the collector's bearer token (mode 0600).")
+@click.option("--ca-file", type=click.Path(dir_okay=False), help="With --collector: trust this CA (PEM) instead of the system's.")
+@click.option("--client-cert", type=click.Path(dir_okay=False), help="With --collector: a client certificate (PEM) for mutual TLS.")
+@click.option("--client-key", type=click.Path(dir_okay=False), help="The private key of --client-cert (mode 0600), if not in its file.")
 @click.option("--since", help="From this time: ISO-8601 (2026-11-01, 2026-11-27T12:00Z) or a span back from now (24h, 7d).")
 @click.option("--until", help="Up to this time (exclusive); same forms as --since.")
 @click.option("--by", "by", multiple=True, metavar="KEY[,KEY]",
@@ -73,7 +80,8 @@ def _report(read: Callable[[Sequence[str], Filters], Cells], by: Sequence[str], 
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
               help="table for people; json and csv for scripts; html (with --output) for a self-contained page with charts.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write to this file instead of standard output.")
-def report(db, collector, token_file, since, until, by, node, device, model, tenant, fmt, output) -> None:
+def report(db, collector, token_file, ca_file, client_cert, client_key, since, until, by, node, device,
+           model, tenant, fmt, output) -> None:
     """What a million tokens cost: per model and device (default), node, tenant, hour, day or
     week, from the local store or a collector.
 
@@ -90,7 +98,8 @@ def report(db, collector, token_file, since, until, by, node, device, model, ten
         raise click.ClickException("--since must be before --until")
     if fmt == "html" and not output:
         raise click.ClickException("--format html needs --output FILE")
-    read = _reader(db, collector, token_file)
+    read = _reader(db, collector, token_file, {"ca_file": ca_file, "client_cert": client_cert,
+                                               "client_key": client_key})
     rep, cells = _report(read, keys, f)
     context = {"since": iso(f.since) if f.since is not None else None,
                "until": iso(f.until) if f.until is not None else None,

@@ -131,7 +131,8 @@ def read_ceilings(store: Store, devices: Sequence[str]) -> tuple[dict[str, dict[
 
 
 def read_collector(url: str, token: str, by: Sequence[str], f: Filters, *,
-                   transport: httpx.BaseTransport | None = None, timeout: float = 30.0) -> Cells:
+                   transport: httpx.BaseTransport | None = None, timeout: float = 30.0,
+                   verify: "ssl.SSLContext | bool" = True) -> Cells:
     """The cells of a report from a collector's ``GET /api/v1/usage``."""
     import httpx  # here: a report over the local store does not pay its import (~60 ms)
 
@@ -149,7 +150,7 @@ def read_collector(url: str, token: str, by: Sequence[str], f: Filters, *,
             params[k] = getattr(f, k)
     base = url.rstrip("/")
     try:
-        with httpx.Client(base_url=base, transport=transport, timeout=timeout) as client:
+        with httpx.Client(base_url=base, transport=transport, timeout=timeout, verify=verify) as client:
             r = client.get("/api/v1/usage", params=params, headers={"authorization": f"Bearer {token}"})
     except httpx.TransportError as e:
         raise CollectorDown(f"cannot reach the collector at {base}: {e or type(e).__name__}") from e

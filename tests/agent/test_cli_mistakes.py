@@ -102,7 +102,15 @@ def test_token_file_without_ship_is_a_usage_error(tmp_path):
     tok.write_text("t\n")
     tok.chmod(0o600)
     one_line(invoke("agent", "--db", str(tmp_path / "m.db"), "--duration", "1", "--token-file", str(tok)),
-             "--token-file", "--ship URL", code=2)
+             "--token-file is for shipping", "--ship URL", code=2)
+    cfg = tmp_path / "m.toml"
+    cfg.write_text('node = "n1"\n')  # a config that ships nowhere either
+    one_line(invoke("agent", "--config", str(cfg), "--db", str(tmp_path / "m.db"), "--duration", "1",
+                    "--ca-file", str(tok)), "--ca-file is for shipping", code=2)
+    cfg.write_text('[ship]\nurl = "http://127.0.0.1:9"\ntoken_file = "%s"\nca_file = "%s"\n' % (tok, tmp_path / "no.pem"))
+    one_line(invoke("agent", "--config", str(cfg), "--db", str(tmp_path / "m.db"), "--duration", "1"),
+             f"ship.ca_file {tmp_path / 'no.pem'}: not found")
+    assert not (tmp_path / "m.db").exists()  # refused before the store was opened
 
 
 # -- windows and outbox ---------------------------------------------------------------------------
@@ -186,7 +194,7 @@ def test_bench_without_cupy_or_nvml_notes_the_gpu_rows_left_out(tmp_path):
 def uncomment(text: str) -> str:
     """Every commented TOML line of the example (a table header or a key = value) made live;
     prose comments stay comments."""
-    live = re.compile(r'^# (\[\[?[\w."-]+\]\]?|[A-Za-z_][\w-]* = )')
+    live = re.compile(r'^# (\[\[?[\w."-]+\]\]?|[A-Za-z_][\w-]* = |"[^"]+" = )')
     return "\n".join(line[2:] if live.match(line) else line for line in text.splitlines()) + "\n"
 
 
@@ -201,4 +209,4 @@ def test_the_example_config_checks_with_everything_uncommented(tmp_path):
     assert r.exit_code == 0, r.output
     doc = json.loads(r.output)
     assert "qwen2.5-32b" in doc["models"] and doc["sources"][0]["kind"] == "vllm"
-    assert doc["prices"]["tariff"] and doc["ship_url"].endswith("/api/v1/events")
+    assert doc["prices"]["tariff"] and doc["ship_url"] == "https://collector.internal:8650"

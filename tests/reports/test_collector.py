@@ -40,6 +40,13 @@ def read_token(cstore):
     return create_token(cstore, "finance", scope="read")
 
 
+def token_file(path, token):
+    """A token file as the shipper's rules want it: mode 0600."""
+    path.write_text(token)
+    path.chmod(0o600)
+    return path
+
+
 def keyed(rep, field):
     return {tuple(r[k] for k in rep.by): r[field] for r in rep.rows}
 
@@ -63,8 +70,7 @@ def test_collector_filters(server, read_token):
 
 
 def test_cli_over_a_collector(server, read_token, tmp_path):
-    tf = tmp_path / "token"
-    tf.write_text(read_token + "\n")
+    tf = token_file(tmp_path / "token", read_token + "\n")
     r = CliRunner().invoke(main, ["report", "--collector", server.url, "--token-file", str(tf),
                                   "--format", "json", "--by", "model"], catch_exceptions=False)
     assert r.exit_code == 0, r.output
@@ -79,8 +85,7 @@ def test_a_refused_token_is_one_clear_line(server, cstore, tmp_path):
     node_token = create_token(cstore, "n1")
     with pytest.raises(CollectorRefused, match=r"\(403\): a token for node 'n1' may not read node 'n2'"):
         read_collector(server.url, node_token, ["model"], Filters(node="n2"))
-    tf = tmp_path / "token"
-    tf.write_text("mtk_nope")
+    tf = token_file(tmp_path / "token", "mtk_nope")
     r = CliRunner().invoke(main, ["report", "--collector", server.url, "--token-file", str(tf)])
     assert r.exit_code == 1 and r.output.startswith("Error: the collector at") and "(401)" in r.output
 
@@ -92,8 +97,7 @@ def test_a_collector_that_is_down(tmp_path):
     s.close()  # nothing listens there now
     with pytest.raises(CollectorDown, match=f"cannot reach the collector at http://127.0.0.1:{port}"):
         read_collector(f"http://127.0.0.1:{port}", "t", ["model"], Filters(), timeout=2)
-    tf = tmp_path / "token"
-    tf.write_text("t")
+    tf = token_file(tmp_path / "token", "t")
     r = CliRunner().invoke(main, ["report", "--collector", f"http://127.0.0.1:{port}", "--token-file", str(tf)])
     assert r.exit_code == 1 and r.output.startswith(f"Error: cannot reach the collector at http://127.0.0.1:{port}")
 
@@ -102,18 +106,16 @@ def test_an_empty_collector_and_a_missing_token_file(cstore, tmp_path):
     token = create_token(cstore, "finance", scope="read")
     with LiveServer(cstore) as srv:
         r = CliRunner().invoke(main, ["report", "--collector", srv.url, "--token-file", str(tmp_path / "none")])
-        assert r.exit_code == 1 and "cannot read the token file" in r.output
+        assert r.exit_code == 1 and f"token file {tmp_path / 'none'}: not found" in r.output
         r = CliRunner().invoke(main, ["report", "--collector", srv.url])
         assert r.exit_code == 1 and "--collector needs --token-file FILE" in r.output
-        tf = tmp_path / "token"
-        tf.write_text(token)
+        tf = token_file(tmp_path / "token", token)
         r = CliRunner().invoke(main, ["report", "--collector", srv.url, "--token-file", str(tf)])
         assert r.exit_code == 1 and r.output.strip() == "Error: the collector has no windows at all"
 
 
 def test_html_over_a_collector_has_its_charts_and_says_why_there_is_no_roofline(server, read_token, tmp_path):
-    tf = tmp_path / "token"
-    tf.write_text(read_token)
+    tf = token_file(tmp_path / "token", read_token)
     page = tmp_path / "r.html"
     r = CliRunner().invoke(main, ["report", "--collector", server.url, "--token-file", str(tf),
                                   "--format", "html", "-o", str(page)], catch_exceptions=False)
@@ -135,3 +137,26 @@ def test_other_collector_answers_are_one_line_too():
     with pytest.raises(QueryError, match="did not answer with usage groups"):
         read_collector("http://c", "t", ["model"], Filters(),
                        transport=httpx.MockTransport(lambda r: httpx.Response(200, json={"x": 1})))
+
+
+def test_the_read_token_is_held_to_the_shippers_rules(server, read_token, tmp_path):
+    from meterd.agent.shipper import ShipError, check_url
+
+    tf = tmp_path / "token"
+    tf.write_text(read_token)
+    tf.chmod(0o640)  # a read token reads every node: group-readable is refused, before any request
+    r = CliRunner().invoke(main, ["report", "--collector", server.url, "--token-file", str(tf)])
+    assert r.exit_code == 1 and r.output.strip() == (
+        f"Error: token file {tf} is accessible to group or others (mode 0640): run chmod 600 {tf}")
+    # plain http to anything but loopback is refused before anything connects (checked here
+    # without the CLI, so that no test hands a non-loopback address to code that might connect)
+    with pytest.raises(ShipError, match=r"^--collector 'http://collector.example:8650': plain http to a "
+                                        r"non-loopback host is refused \(the token would cross the network"):
+        check_url("http://collector.example:8650", what="--collector", expected="https://HOST[:PORT]",
+                  insecure_hint="")
+    tf.chmod(0o600)
+    r = CliRunner().invoke(main, ["report", "--collector", server.url, "--token-file", str(tf),
+                                  "--ca-file", str(tmp_path / "ca.pem")])
+    assert r.exit_code == 1 and r.output.strip() == f"Error: --ca-file {tmp_path / 'ca.pem'}: not found"
+    r = CliRunner().invoke(main, ["report", "--ca-file", str(tmp_path / "ca.pem")])
+    assert r.exit_code == 1 and "--ca-file, --client-cert and --client-key go with --collector URL" in r.output
