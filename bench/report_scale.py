@@ -105,25 +105,38 @@ def load(store: Store, minutes: int) -> int:
     return n
 
 
+_ROLLUP_COLS = ("period, bucket, node, device, model, tenant, windows, seconds, energy_j, util_pct_s, "
+                "prompt_tokens, completion_tokens, cost_capex_micro, cost_energy_micro, cost_opex_micro, "
+                "cost_micro, cost_prompt_micro, cost_completion_micro, idle_cost_micro, idle_seconds, "
+                "idle_util_pct_s, cached_prompt_tokens, token_gap_s, unavailable_seconds, "
+                "unavailable_cost_micro, rounded_tokens")
+# The rules of agent/store.py's _roll_up: a window without tokens is idle unless its token
+# source could not be read (token_gap_s > 0): then it is unavailable.
+_IDLE = "prompt_tokens + completion_tokens = 0 AND token_gap_s = 0"
+_UNAVAILABLE = "prompt_tokens + completion_tokens = 0 AND token_gap_s > 0"
 ROLLUP_SQL = {
-    "whole": """
-        INSERT INTO rollups SELECT ?, (CAST(start AS INTEGER) / ?) * ?, node, device, '', '',
+    "whole": f"""
+        INSERT INTO rollups ({_ROLLUP_COLS}) SELECT ?, (CAST(start AS INTEGER) / ?) * ?, node, device, '', '',
             count(*), sum(end - start), sum(coalesce(energy_j, 0)),
             sum(coalesce(util_pct, 0) * (end - start)), sum(prompt_tokens), sum(completion_tokens),
             sum(cost_capex_micro), sum(cost_energy_micro), sum(cost_opex_micro), sum(cost_micro),
             sum(cost_prompt_micro), sum(cost_completion_micro),
-            sum(CASE WHEN prompt_tokens + completion_tokens = 0 THEN cost_micro ELSE 0 END),
-            sum(CASE WHEN prompt_tokens + completion_tokens = 0 THEN end - start ELSE 0.0 END),
-            sum(CASE WHEN prompt_tokens + completion_tokens = 0
-                     THEN coalesce(util_pct, 0) * (end - start) ELSE 0.0 END)
+            sum(CASE WHEN {_IDLE} THEN cost_micro ELSE 0 END),
+            sum(CASE WHEN {_IDLE} THEN end - start ELSE 0.0 END),
+            sum(CASE WHEN {_IDLE} THEN coalesce(util_pct, 0) * (end - start) ELSE 0.0 END),
+            sum(cached_prompt_tokens), sum(token_gap_s),
+            sum(CASE WHEN {_UNAVAILABLE} THEN end - start ELSE 0.0 END),
+            sum(CASE WHEN {_UNAVAILABLE} THEN cost_micro ELSE 0 END),
+            sum(CASE WHEN token_source = 'rounded' THEN prompt_tokens + completion_tokens ELSE 0 END)
         FROM windows GROUP BY 2, node, device""",
-    "usage": """
-        INSERT INTO rollups SELECT ?, (CAST(w.start AS INTEGER) / ?) * ?, w.node, w.device, u.model,
+    "usage": f"""
+        INSERT INTO rollups ({_ROLLUP_COLS}) SELECT ?, (CAST(w.start AS INTEGER) / ?) * ?, w.node, w.device, u.model,
             u.tenant, count(*), sum(w.end - w.start), sum(coalesce(u.energy_j, 0)),
             sum(coalesce(w.util_pct, 0) * (w.end - w.start)), sum(u.prompt_tokens),
             sum(u.completion_tokens), sum(u.cost_capex_micro), sum(u.cost_energy_micro),
             sum(u.cost_opex_micro), sum(u.cost_micro), sum(u.cost_prompt_micro),
-            sum(u.cost_completion_micro), 0, 0.0, 0.0
+            sum(u.cost_completion_micro), 0, 0.0, 0.0, sum(u.cached_prompt_tokens), 0.0, 0.0, 0,
+            sum(CASE WHEN u.token_source = 'rounded' THEN u.prompt_tokens + u.completion_tokens ELSE 0 END)
         FROM window_usage u JOIN windows w ON w.id = u.window_id
         GROUP BY 2, w.node, w.device, u.model, u.tenant""",
 }
