@@ -287,6 +287,11 @@ extern "C" __global__ void meterd_triad(float4* __restrict__ a, const float4* __
 THREADS, UNROLL = 256, 4
 TRIAD_SCALAR = 3.0
 
+#: Every CUDA C++ source in kernels/, by file name: ``tests/kernels/test_nvrtc.py`` compiles each
+#: with NVRTC for compute capabilities 8.0, 9.0 and 10.0 (no GPU needed) and fails on any error or
+#: warning; it also fails if a module of kernels/ holds a CUDA source that is not listed here.
+CUDA_SOURCES: dict[str, str] = {"meterd_stream.cu": STREAM_SOURCE}
+
 
 class CupyStream(Kernel):
     """``copy`` (dst = src) or ``triad`` (a = b + s·c) over fp32 arrays of ``nbytes`` each,
