@@ -35,8 +35,12 @@ def _code(name: str) -> int:
     return getattr(pynvml, name)
 
 
-def nvml_query(names: str | tuple[str, ...], *args: Any, default: Any = None) -> Any:
-    """Call the first NVML function of ``names`` that exists; ``default`` if the field is absent.
+_ABSENT = object()
+
+
+def nvml_query(names: str | tuple[str, ...], *args: Any, default: Any = None, not_found: Any = _ABSENT) -> Any:
+    """Call the first NVML function of ``names`` that exists; ``default`` if the field is absent
+    (``not_found``, where given, for NOT_FOUND: a call that means "nothing since" by it).
 
     Raises :class:`GpuLost` when the GPU fell off the bus, :class:`NvmlCallError` for any other
     failure (with the NVML error as the cause).
@@ -54,6 +58,8 @@ def nvml_query(names: str | tuple[str, ...], *args: Any, default: Any = None) ->
             if code == _code("NVML_ERROR_FUNCTION_NOT_FOUND"):
                 _log_missing_once(name)
                 continue
+            if not_found is not _ABSENT and code == _code("NVML_ERROR_NOT_FOUND"):
+                return not_found
             if any(code == _code(n) for n in _FIELD_ABSENT):
                 return default
             if code == _code("NVML_ERROR_GPU_IS_LOST"):

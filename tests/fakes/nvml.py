@@ -9,7 +9,14 @@ and ctypes structures, with the functions played by :class:`FakeNvml`:
 - NOT_SUPPORTED per architecture (no energy counter before Volta, no power fields before Hopper,
   no MIG outside A100/H100/H200/B200),
 - a GPU that falls off the bus at a given time (every call then raises GPU_IS_LOST),
-- MIG instances, running compute processes,
+- MIG instances (with their compute slices, ``nvmlDeviceGetAttributes``) and GPM samples
+  (``nvmlGpmSampleGet`` / ``nvmlGpmMigSampleGet`` / ``nvmlGpmMetricsGet``: SM activity per GPU or
+  per GPU instance averaged between two samples, Hopper and later only; NOT_SUPPORTED before),
+- running compute processes (per GPU, and per MIG instance with their GPU/compute instance ids),
+- per-process utilization samples (``nvmlDeviceGetProcessUtilization``): the driver takes one
+  sample per ``sample_period_s``; a call returns, for each process that was busy (SM or memory)
+  in a sample newer than ``lastSeenTimeStamp`` (µs of CPU time), its newest such sample, and
+  NOT_FOUND when there is none; NOT_SUPPORTED while MIG is enabled (NVML's documented limit),
 - NVML missing entirely (library not found) or the driver not loaded,
 - any NVML error code (NO_PERMISSION, UNKNOWN, TIMEOUT...) raised by any function on demand
   (:meth:`FakeNvml.fail`).
@@ -19,6 +26,7 @@ Time comes from ``clock`` (a callable returning seconds); tests pass a :class:`M
 
 from __future__ import annotations
 
+import ctypes
 import time
 import types
 from dataclasses import dataclass, field
@@ -83,6 +91,13 @@ class FakeMig:
     mem_total_bytes: int
     mem_used_bytes: int = 0
     uuid: str = ""
+    #: compute slices of this instance's compute instance (``computeInstanceSliceCount``), and of
+    #: its GPU instance; an H100 has 7 of each (1g.10gb: 1, 3g.40gb: 3, 7g.80gb: 7)
+    slices: int = 1
+    gpu_slices: int | None = None
+    #: SM activity (percent) over seconds since the fake started, piecewise linear, as GPM reports it
+    activity: list[tuple[float, float]] = field(default_factory=lambda: [(0.0, 0.0)])
+    processes: list[tuple[int, int]] = field(default_factory=list)  # (pid, used bytes)
 
 
 @dataclass
@@ -103,6 +118,14 @@ class FakeGpu:
     energy_base_mj: int = 0
     mig: list[FakeMig] | None = None
     processes: list[tuple[int, int]] = field(default_factory=list)  # (pid, used bytes)
+    #: SM utilization (percent) per process: a constant or a piecewise-linear curve over seconds
+    #: since the fake started; the driver samples it every ``sample_period_s``
+    proc_sm: dict[int, float | list[tuple[float, float]]] = field(default_factory=dict)
+    proc_mem: dict[int, float] = field(default_factory=dict)  # memory-controller utilization per process
+    sample_period_s: float = 1.0
+    #: device-wide SM activity for GPM (percent over time); None: the sum of the processes' SM use
+    activity: list[tuple[float, float]] | None = None
+    sm_count: int = 132
     throttle_mask: int = 0
     sm_clock_mhz: int = 1980
     mem_clock_mhz: int = 2619
@@ -117,6 +140,13 @@ class FakeGpu:
 
     def supports_mig(self) -> bool:
         return any(k in self.name for k in ("A100", "H100", "H200", "B200", "A30"))
+
+    def supports_gpm(self) -> bool:
+        return ARCH[self.arch] >= real.NVML_DEVICE_ARCH_HOPPER
+
+    def sm_curve(self, pid: int) -> list[tuple[float, float]]:
+        c = self.proc_sm.get(pid, 0.0)
+        return [(0.0, float(c))] if isinstance(c, (int, float)) else list(c)
 
 
 def h100(**kw) -> FakeGpu:
@@ -143,6 +173,16 @@ def p100(**kw) -> FakeGpu:
 class _Handle:
     def __init__(self, gpu: FakeGpu, index: int, mig: FakeMig | None = None) -> None:
         self.gpu, self.index, self.mig = gpu, index, mig
+
+
+@dataclass
+class _GpmSample:
+    """What one GPM sample buffer holds once filled: whose it is and when it was taken."""
+
+    buffer: object  # keeps the memory behind the opaque pointer alive
+    gpu: FakeGpu | None = None
+    mig: FakeMig | None = None
+    at: float | None = None  # seconds since the fake started
 
 
 #: Every NVML error code the binding defines, by name.
@@ -173,6 +213,7 @@ class FakeNvml:
         self.initialised = 0
         self.calls: list[str] = []
         self._failing: tuple[int, frozenset[str] | None, frozenset[str]] | None = None
+        self._gpm: dict[int, _GpmSample] = {}  # address of an allocated sample -> its contents
         for i, g in enumerate(self.gpus):
             g.uuid = g.uuid or f"GPU-{i:08x}-fake-4000-8000-{i:012x}"
             g.pci_bus_id = g.pci_bus_id or f"00000000:{0x18 + i:02X}:00.0"
@@ -219,6 +260,27 @@ class FakeNvml:
         """The names of every NVML function the fake plays."""
         return sorted(n for n in vars(self.module) if n.startswith("nvml") and callable(getattr(self.module, n))
                       and not n.startswith("nvmlClocks"))
+
+    def process_samples(self, index: int, last_seen_us: int) -> list[tuple[int, int, int, int]]:
+        """(pid, timestamp µs, smUtil, memUtil) of GPU ``index``'s driver samples newer than
+        ``last_seen_us``: per process, the newest in which it was busy."""
+        g = self.gpus[index]
+        now = self.elapsed()
+        period = g.sample_period_s
+        k_last = int(now // period + 1e-9)  # the newest complete sample period ends at k_last × period
+        pids = sorted(set(g.proc_sm) | set(g.proc_mem))
+        out = []
+        for pid in pids:
+            for k in range(k_last, 0, -1):
+                ts = int(round((self.start + k * period) * 1e6))
+                if ts <= last_seen_us:
+                    break
+                sm = integrate(g.sm_curve(pid), (k - 1) * period, k * period) / period
+                mem = g.proc_mem.get(pid, 0.0)
+                if round(sm) > 0 or round(mem) > 0:
+                    out.append((pid, ts, int(round(sm)), int(round(mem))))
+                    break
+        return out
 
     def install(self, monkeypatch) -> "FakeNvml":
         """Patch the ``pynvml`` that probes use."""
@@ -424,14 +486,148 @@ class FakeNvml:
                 fake._raise(real.NVML_ERROR_INVALID_ARGUMENT)
             return h.mig.compute_instance_id
 
-        @fn
-        def nvmlDeviceGetComputeRunningProcesses(h):
+        def _procs(h):
             g = fake._check(h)
+            na = real.NVML_VALUE_NOT_AVAILABLE_uint.value
+            rows = []
+            if h.mig is not None:
+                rows = [(pid, used, h.mig) for pid, used in h.mig.processes]
+            else:
+                rows = [(pid, used, None) for pid, used in g.processes]
+                rows += [(pid, used, m) for m in (g.mig or []) for pid, used in m.processes]
             out = []
-            for pid, used in g.processes:
+            for pid, used, m in rows:
                 p = real.c_nvmlProcessInfo_v3_t()
                 p.pid, p.usedGpuMemory = pid, used
+                p.gpuInstanceId = m.gpu_instance_id if m is not None else na
+                p.computeInstanceId = m.compute_instance_id if m is not None else na
                 out.append(p)
             return out
+
+        @fn
+        def nvmlDeviceGetComputeRunningProcesses(h):
+            return _procs(h)
+
+        @fn
+        def nvmlDeviceGetComputeRunningProcesses_v3(h):
+            return _procs(h)
+
+        @fn
+        def nvmlDeviceGetProcessUtilization(h, last_seen_us):
+            g = fake._check(h)
+            if h.mig is not None or g.mig:
+                fake._raise(real.NVML_ERROR_NOT_SUPPORTED)  # no per-process utilization in MIG mode
+            rows = fake.process_samples(h.index, int(last_seen_us))
+            if not rows:
+                fake._raise(real.NVML_ERROR_NOT_FOUND)
+            out = []
+            for pid, ts, sm, mem in rows:
+                smp = real.c_nvmlProcessUtilizationSample_t()
+                smp.pid, smp.timeStamp, smp.smUtil, smp.memUtil, smp.encUtil, smp.decUtil = pid, ts, sm, mem, 0, 0
+                out.append(smp)
+            return out
+
+        @fn
+        def nvmlDeviceGetAttributes(h):
+            g = fake._check(h)
+            a = real.c_nvmlDeviceAttributes()
+            if h.mig is not None:
+                total = 7
+                a.multiprocessorCount = g.sm_count * h.mig.slices // total
+                a.computeInstanceSliceCount = h.mig.slices
+                a.gpuInstanceSliceCount = h.mig.gpu_slices or h.mig.slices
+                a.memorySizeMB = h.mig.mem_total_bytes // MiB
+            else:
+                a.multiprocessorCount = g.sm_count
+                a.memorySizeMB = g.mem_total_bytes // MiB
+            return a
+
+        @fn
+        def nvmlDeviceIsMigDeviceHandle(h):
+            fake._check(h)
+            return 1 if h.mig is not None else 0
+
+        @fn
+        def nvmlDeviceGetDeviceHandleFromMigDeviceHandle(h):
+            fake._check(h)
+            if h.mig is None:
+                fake._raise(real.NVML_ERROR_INVALID_ARGUMENT)
+            return _Handle(h.gpu, h.index)
+
+        # -- GPM (GPU performance monitoring), Hopper and later ---------------------------------
+
+        @fn
+        def nvmlGpmQueryDeviceSupport(h):
+            g = fake._check(h)
+            support = real.c_nvmlGpmSupport_t()
+            support.version = real.NVML_GPM_SUPPORT_VERSION
+            support.isSupportedDevice = 1 if g.supports_gpm() else 0
+            return support
+
+        @fn
+        def nvmlGpmSampleAlloc():
+            if not fake.initialised:
+                fake._raise(real.NVML_ERROR_UNINITIALIZED)
+            buf = ctypes.create_string_buffer(16)
+            ptr = ctypes.cast(buf, real.c_nvmlGpmSample_t)
+            fake._gpm[ctypes.addressof(buf)] = _GpmSample(buf)
+            return ptr
+
+        def _gpm_of(ptr) -> _GpmSample:
+            addr = ctypes.cast(ptr, ctypes.c_void_p).value
+            if addr not in fake._gpm:
+                fake._raise(real.NVML_ERROR_INVALID_ARGUMENT)
+            return fake._gpm[addr]
+
+        @fn
+        def nvmlGpmSampleFree(ptr):
+            _gpm_of(ptr)
+            del fake._gpm[ctypes.cast(ptr, ctypes.c_void_p).value]
+
+        @fn
+        def nvmlGpmSampleGet(h, ptr):
+            g = fake._check(h)
+            if not g.supports_gpm():
+                fake._raise(real.NVML_ERROR_NOT_SUPPORTED)
+            smp = _gpm_of(ptr)
+            smp.gpu, smp.mig, smp.at = g, h.mig, fake.elapsed()
+            return ptr
+
+        @fn
+        def nvmlGpmMigSampleGet(h, gpu_instance_id, ptr):
+            g = fake._check(h)
+            if not g.supports_gpm():
+                fake._raise(real.NVML_ERROR_NOT_SUPPORTED)
+            mig = next((m for m in g.mig or [] if m.gpu_instance_id == gpu_instance_id), None)
+            if mig is None:
+                fake._raise(real.NVML_ERROR_NOT_FOUND)
+            smp = _gpm_of(ptr)
+            smp.gpu, smp.mig, smp.at = g, mig, fake.elapsed()
+            return ptr
+
+        def _activity(smp: _GpmSample, a: float, b: float) -> float:
+            """Mean SM activity (percent) of the sampled GPU or GPU instance over [a, b]."""
+            if smp.mig is not None:
+                return integrate(smp.mig.activity, a, b) / (b - a)
+            g = smp.gpu
+            if g.activity is not None:
+                return integrate(g.activity, a, b) / (b - a)
+            return min(100.0, sum(integrate(g.sm_curve(p), a, b) for p in g.proc_sm) / (b - a))
+
+        @fn
+        def nvmlGpmMetricsGet(mg):
+            if mg.version != real.NVML_GPM_METRICS_GET_VERSION:
+                fake._raise(real.NVML_ERROR_ARGUMENT_VERSION_MISMATCH)
+            a, b = _gpm_of(mg.sample1), _gpm_of(mg.sample2)
+            if a.at is None or b.at is None or a.gpu is not b.gpu or a.mig is not b.mig or b.at <= a.at:
+                fake._raise(real.NVML_ERROR_INVALID_ARGUMENT)
+            for i in range(mg.numMetrics):
+                metric = mg.metrics[i]
+                if metric.metricId in (real.NVML_GPM_METRIC_SM_UTIL, real.NVML_GPM_METRIC_GRAPHICS_UTIL):
+                    metric.nvmlReturn = 0
+                    metric.value = _activity(b, a.at, b.at)
+                else:
+                    metric.nvmlReturn = real.NVML_ERROR_NOT_SUPPORTED
+            return mg
 
         return m
