@@ -103,6 +103,11 @@ class Window:
     journal_id: int | None = None  # the last push journal row whose share this window holds
     token_gap_s: float = 0.0  # time a token source of this device could not be read
     backfill_s: float = 0.0  # the agent's downtime whose tokens this window carries
+    # Who used the device (agent/attribution.py): {owner: weight} and the span those weights
+    # could fill; span 0 means nothing to split by (not a shared-GPU reading)
+    busy: dict[str, int] = field(default_factory=dict)
+    busy_span: int = 0
+    busy_provenance: str | None = None
 
     @property
     def duration_s(self) -> float:
@@ -209,6 +214,23 @@ class WindowBuilder:
         w = self.current
         w.token_gap_s = min(w.duration_s, round(w.token_gap_s + seconds, 6))
         w.flag("tokens_unavailable")
+
+    def add_busy(self, at: float, weights: dict[str, int], span_per_us: int, provenance: str) -> None:
+        """Who used the device since the previous call: ``weights`` per µs ({owner: SM %, or
+        slices}) and ``span_per_us`` (100 %, or the GPU's slices), over the time since then,
+        into the open window. A first call, or one after more than ``max_gap_s``, only sets the
+        origin: nothing is known of the time before it."""
+        prev = getattr(self, "_busy_at", None)
+        self._busy_at = at
+        if prev is None or not 0 < at - prev <= self.max_gap_s:
+            return
+        dt_us = int(round((at - prev) * 1e6))
+        w = self.current
+        for owner, x in weights.items():
+            if x > 0:
+                w.busy[owner] = w.busy.get(owner, 0) + x * dt_us
+        w.busy_span += span_per_us * dt_us
+        w.busy_provenance = provenance
 
     def add_sample(self, tick: Tick, sample: DeviceSample | None) -> list[Window]:
         """One sampling round; ``sample`` None (or not ok) means no reading this round."""
