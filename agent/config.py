@@ -290,8 +290,9 @@ _SOURCE_KEYS = ("kind", "url", "name", "devices", "model", "prompt_metric", "com
 
 def parse_config(doc: dict[str, Any]) -> Config:
     """A Config from a parsed TOML document. Raises ConfigError naming the key."""
+    # [collector] is the collector's (`meter collector ... --config`), so one file can serve both
     known = dict(_TOP) | {"prices": None, "sources": None, "push": None, "metrics": None, "ship": None,
-                          "models": None}
+                          "models": None, "collector": None}
     _check_keys("", doc, known)
     top = {attr: check(k, doc[k]) for k, (attr, check) in _TOP.items() if k in doc}
     if "interval_s" in top and top["interval_s"] > top.get("window_s", Config.window_s):

@@ -6,25 +6,73 @@ it), so there is no import cycle.
 
 from __future__ import annotations
 
+import functools
+import os
 import signal
 import ssl
+import tomllib
 from pathlib import Path
+from typing import Any, Callable
 
 import click
 
 from meterd.collector.app import DEFAULT_MAX_BODY_BYTES, create_app
 from meterd.collector.auth import create_token
 from meterd.collector.export import PERIODS, billing_rows, parse_bound, render_csv, render_json
-from meterd.collector.store import Query, SQLiteStore
+from meterd.collector.store import Query, open_store
+from meterd.errors import ConfigError
 from meterd.net import parse_listen
 from meterd.units import iso
 
 DEFAULT_LISTEN = "127.0.0.1:8650"
+DB_ENV = "METERD_COLLECTOR_DB"
 
-_db_option = click.option(
-    "--db", type=click.Path(dir_okay=False, path_type=Path), default=None,
-    help="The collector's SQLite database (default: $STATE_DIRECTORY/collector.db under systemd, "
-         "else ~/.local/share/meterd/collector.db).")
+
+def _db_option(f: Callable) -> Callable:
+    """``--db`` and ``--config``, resolved into one ``db`` argument: --db, else
+    $METERD_COLLECTOR_DB, else ``[collector] db`` in the --config file, else the default path."""
+
+    @click.option("--db", "db_flag", default=None, metavar="PATH|URL",
+                  help="The collector's database: a file (SQLite; default $STATE_DIRECTORY/collector.db "
+                       "under systemd, else ~/.local/share/meterd/collector.db) or a "
+                       "postgresql://USER@HOST/DATABASE URL (PostgreSQL, for replicas). "
+                       f"Default: ${DB_ENV}, else [collector] db in --config.")
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                  help="A TOML file whose [collector] table may name the database (db = ...).")
+    @functools.wraps(f)
+    def wrapper(*args: Any, db_flag: str | None, config_path: str | None, **kw: Any) -> Any:
+        return f(*args, db=resolve_db(db_flag, config_path), **kw)
+
+    return wrapper
+
+
+def resolve_db(flag: str | None, config_path: str | None, env: dict[str, str] | None = None) -> str | None:
+    """The database the command uses (None: the default SQLite path)."""
+    env = os.environ if env is None else env
+    if flag:
+        return flag
+    if env.get(DB_ENV):
+        return env[DB_ENV]
+    if config_path is None:
+        return None
+    try:
+        doc = tomllib.loads(Path(config_path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{config_path}: config file not found") from None
+    except OSError as e:
+        raise ConfigError(f"{config_path}: cannot read config: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{config_path}: not valid TOML: {e}") from None
+    table = doc.get("collector", {})
+    if not isinstance(table, dict):
+        raise ConfigError("collector: expected a table")
+    unknown = sorted(set(table) - {"db"})
+    if unknown:
+        raise ConfigError(f"collector.{unknown[0]}: unknown key")
+    db = table.get("db")
+    if db is not None and (not isinstance(db, str) or not db):
+        raise ConfigError("collector.db: expected a file path or a postgresql:// URL")
+    return db
 
 
 def _exit_cleanly(signum, frame) -> None:
@@ -48,7 +96,7 @@ def collector() -> None:
               help="TLS private key (PEM) for --certfile.")
 @click.option("--client-ca", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Mutual TLS: require a client certificate signed by this CA (PEM), beside the bearer token.")
-def serve(db: Path | None, listen: str, max_body: int, certfile: str | None, keyfile: str | None,
+def serve(db: str | None, listen: str, max_body: int, certfile: str | None, keyfile: str | None,
           client_ca: str | None) -> None:
     """Serve POST /api/v1/events, the query API and /healthz until interrupted."""
     import uvicorn  # only the server needs it
@@ -61,7 +109,7 @@ def serve(db: Path | None, listen: str, max_body: int, certfile: str | None, key
         raise click.UsageError("--certfile and --keyfile go together")
     if client_ca is not None and certfile is None:
         raise click.UsageError("--client-ca needs --certfile and --keyfile (mutual TLS is TLS first)")
-    store = SQLiteStore(db)
+    store = open_store(db)
     try:
         config = uvicorn.Config(
             create_app(store, max_body_bytes=max_body), host=host, port=port,
@@ -93,12 +141,12 @@ def token() -> None:
 @click.option("--read", "read_only", is_flag=True,
               help="A read token (queries every node, sends nothing) named NAME, instead of a token for node NAME.")
 @_db_option
-def token_create(name: str, read_only: bool, db: Path | None) -> None:
+def token_create(name: str, read_only: bool, db: str | None) -> None:
     """Create a token for node NAME and print it, once, alone on the last line.
 
     Only its SHA-256 hash is stored: keep the token, it cannot be shown again.
     """
-    store = SQLiteStore(db)
+    store = open_store(db)
     try:
         tok = create_token(store, name, scope="read" if read_only else "node")
     except ValueError as e:
@@ -112,9 +160,9 @@ def token_create(name: str, read_only: bool, db: Path | None) -> None:
 
 @token.command("list")
 @_db_option
-def token_list(db: Path | None) -> None:
+def token_list(db: str | None) -> None:
     """The tokens (key id, scope, name, created), never their secrets."""
-    store = SQLiteStore(db, readonly=True)
+    store = open_store(db, readonly=True)
     try:
         for t in store.list_tokens():
             click.echo(f"{t.key_id}  {t.scope:<4}  {t.name}  {iso(t.created_at)}")
@@ -125,9 +173,9 @@ def token_list(db: Path | None) -> None:
 @token.command("revoke")
 @click.argument("key_id")
 @_db_option
-def token_revoke(key_id: str, db: Path | None) -> None:
+def token_revoke(key_id: str, db: str | None) -> None:
     """Revoke the token with KEY_ID (the part after "mtk_"; see `token list`). Takes effect at once."""
-    store = SQLiteStore(db)
+    store = open_store(db)
     try:
         if not store.delete_token(key_id):
             raise click.ClickException(f"no token with key id {key_id!r}")
@@ -144,7 +192,7 @@ def token_revoke(key_id: str, db: Path | None) -> None:
               help="One row per period, node and model.")
 @click.option("--node", default=None, help="Only this node.")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
-def export(db: Path | None, since: str, until: str, period: str, node: str | None, fmt: str) -> None:
+def export(db: str | None, since: str, until: str, period: str, node: str | None, fmt: str) -> None:
     """The billing export: tokens, energy and cost per period, node and model.
 
     Costs are exact integer micro-units (cost_micro) and the same amount in currency units
@@ -157,7 +205,7 @@ def export(db: Path | None, since: str, until: str, period: str, node: str | Non
         raise click.ClickException(str(e)) from e
     if t1 <= t0:
         raise click.ClickException("--until must be after --since")
-    store = SQLiteStore(db, readonly=True)
+    store = open_store(db, readonly=True)
     try:
         groups = store.usage([period, "node", "model"], Query(node=node, since=t0, until=t1))
     finally:

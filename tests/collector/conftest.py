@@ -1,12 +1,20 @@
 """Shared pieces for the collector's tests: window-shaped rows turned into events by
-agent.events.window_event (the agent's own builder), a store in a temp dir, and a real uvicorn
-server on 127.0.0.1 with an ephemeral port."""
+agent.events.window_event (the agent's own builder), a store on each backend (SQLite in a temp
+dir; PostgreSQL in a fresh database of the server $METERD_TEST_PG_URL names), and a real
+uvicorn server on 127.0.0.1 with an ephemeral port.
+
+The ``store`` fixture runs every test that uses it on both backends. Without a PostgreSQL the
+PostgreSQL half skips, with a line saying how to get one, except in CI (CI=true), where .ci/run
+starts one and a missing one fails the test."""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
+import urllib.parse
+import uuid
 from typing import Any
 
 import httpx
@@ -16,7 +24,7 @@ import uvicorn
 from meterd.agent.events import BATCH_CONTENT_TYPE, event_id, window_event
 from meterd.collector.app import create_app
 from meterd.collector.auth import create_token
-from meterd.collector.store import SQLiteStore
+from meterd.collector.store import CollectorStore, SQLiteStore, open_store
 
 T0 = 1_795_824_000.0  # 2026-11-28T00:00:00Z
 
@@ -66,11 +74,61 @@ def minutes(n: int, node: str = "n1", device: str = "GPU-0", start: float = T0, 
     return [make_event(node, device, start + 60 * i, **kw) for i in range(n)]
 
 
+PG_URL_ENV = "METERD_TEST_PG_URL"
+
+
+def pg_server_url() -> str:
+    """The test PostgreSQL's URL; skips without one, fails in CI."""
+    url = os.environ.get(PG_URL_ENV)
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI runs the PostgreSQL tests: ${PG_URL_ENV} is unset (.ci/run starts a server)")
+        pytest.skip(f"no PostgreSQL: set ${PG_URL_ENV} or run under .ci/with-postgres")
+    return url
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(parts._replace(path="/" + name))
+
+
 @pytest.fixture
-def store(tmp_path):
-    s = SQLiteStore(tmp_path / "collector.db")
+def pg_url():
+    """A fresh, empty database on the test PostgreSQL (dropped afterwards)."""
+    import psycopg
+
+    server = pg_server_url()
+    name = f"meterd_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server, autocommit=True) as c:
+        c.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield with_database(server, name)
+    finally:
+        with psycopg.connect(server, autocommit=True) as c:
+            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request, tmp_path) -> str:
+    """What ``--db`` takes, on each backend: a file path, a postgresql:// URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "collector.db")
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def store(db):
+    s = open_store(db)
     yield s
     s.close()
+
+
+def sql(store: CollectorStore, query: str, args=()) -> list[tuple]:
+    """Rows of a query (``?`` placeholders) run on the store's own database, on either backend."""
+    if isinstance(store, SQLiteStore):
+        return store.conn.execute(query, args).fetchall()
+    with store.pool.connection() as c:
+        return [tuple(r) for r in c.execute(query.replace("?", "%s"), args).fetchall()]
 
 
 @pytest.fixture
@@ -86,7 +144,7 @@ def read_token(store) -> str:
 class LiveServer:
     """uvicorn serving the collector on 127.0.0.1:<ephemeral> from a background thread."""
 
-    def __init__(self, store: SQLiteStore, wrap=None, **app_kw) -> None:
+    def __init__(self, store: CollectorStore, wrap=None, **app_kw) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))

@@ -9,8 +9,9 @@ from cloudevents.core.bindings.http import HTTPMessage, from_http, to_structured
 from cloudevents.core.formats.json import JSONFormat
 
 from meterd.collector.auth import create_token
+from meterd.collector.store import open_store
 from meterd.collector.validation import check_event
-from tests.collector.conftest import T0, LiveServer, make_event, minutes, post_batch
+from tests.collector.conftest import T0, LiveServer, make_event, minutes, post_batch, sql
 
 
 def test_a_batch_is_stored_once_and_a_resend_is_all_duplicates(client, store, token_n1):
@@ -22,21 +23,19 @@ def test_a_batch_is_stored_once_and_a_resend_is_all_duplicates(client, store, to
     assert r.json() == {"received": 5, "accepted": 0, "duplicates": 5}
     assert store.counts()["events"] == store.counts()["windows"] == 5
     # what is stored is the event as sent, which the CloudEvents SDK reads back
-    raws = [row[0] for row in store.conn.execute("SELECT raw FROM events ORDER BY seq")]
-    assert raws == [json.dumps(e) for e in events]  # the bytes each event arrived as
-    for raw, sent in zip(raws, events):
+    raws = dict(sql(store, "SELECT id, raw FROM events"))
+    assert raws == {e["id"]: json.dumps(e) for e in events}  # the bytes each event arrived as
+    for sent in events:
+        raw = raws[sent["id"]]
         ce = from_http(HTTPMessage({"content-type": "application/cloudevents+json"}, raw.encode()),
                        JSONFormat())
         assert ce.get_id() == sent["id"] and ce.get_data() == sent["data"]
 
 
-def test_dedupe_is_forever_across_restarts(tmp_path):
-    from meterd.collector.store import SQLiteStore
-
-    path = tmp_path / "c.db"
+def test_dedupe_is_forever_across_restarts(db):
     events = minutes(3)
     for expected in ({"accepted": 3, "duplicates": 0}, {"accepted": 0, "duplicates": 3}):
-        store = SQLiteStore(path)
+        store = open_store(db)
         try:
             tok = create_token(store, "n1")
             with LiveServer(store) as srv, httpx.Client(base_url=srv.url, timeout=10) as c:
@@ -66,7 +65,7 @@ def test_ten_thousand_events_with_duplicates_inside_count_once(client, store, to
     assert r.json() == {"received": 10_000, "accepted": 7_000, "duplicates": 3_000}
     c = store.counts()
     assert c["events"] == c["windows"] == 7_000 and c["usage"] == 7_000
-    total = store.conn.execute("SELECT SUM(cost_micro) FROM windows").fetchone()[0]
+    [(total,)] = sql(store, "SELECT SUM(cost_micro) FROM windows")
     assert total == sum(e["data"]["cost"]["total_micro"] for e in unique)
 
 
@@ -190,11 +189,11 @@ def test_events_sent_are_what_the_validator_parses(token_n1, client, store):
     ev = make_event(models=[("m1", "acme"), ("m2", "")], prompt=900, completion=300)
     assert post_batch(client, [ev], token_n1).status_code == 200
     parsed, _ = check_event(ev, 0)
-    row = store.conn.execute(
-        "SELECT node, device, start, end, energy_j, prompt_tokens, completion_tokens, cost_micro, "
-        "currency FROM windows").fetchone()
+    [row] = sql(store,
+        'SELECT node, device, start, "end", energy_j, prompt_tokens, completion_tokens, cost_micro, '
+        "currency FROM windows")
     w = parsed.window
     assert row == (w["node"], w["device"], w["start"], w["end"], w["energy_j"], 900, 300,
                    w["cost_micro"], "USD")
-    models = store.conn.execute("SELECT model, tenant FROM usage ORDER BY rowid").fetchall()
+    models = sql(store, f"SELECT model, tenant FROM usage ORDER BY {store.dialect.usage_order}")
     assert models == [("m1", "acme"), ("m2", "")]

@@ -1,5 +1,5 @@
-"""The collector's SQLite store: pragmas, migrations, the permanent unique constraint, and
-concurrent senders of the same events."""
+"""The collector's stores: SQLite's pragmas and migrations; on both backends the permanent
+unique constraint, whole-batch rollback and concurrent senders of the same events."""
 
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
@@ -9,7 +9,13 @@ import pytest
 
 from meterd.collector.store import MIGRATIONS, CollectorStore, SQLiteStore
 from meterd.collector.validation import check_batch
-from tests.collector.conftest import minutes, post_batch
+from tests.collector.conftest import minutes, post_batch, sql
+
+
+def _integrity_errors() -> tuple[type[Exception], ...]:
+    import psycopg
+
+    return sqlite3.IntegrityError, psycopg.IntegrityError
 
 
 def test_store_is_wal_full_migrated_and_implements_the_interface(tmp_path):
@@ -30,16 +36,20 @@ def test_store_is_wal_full_migrated_and_implements_the_interface(tmp_path):
 def test_the_database_itself_refuses_a_second_copy_of_an_event(store):
     parsed, _ = check_batch(minutes(1))
     store.ingest(parsed)
-    with pytest.raises(sqlite3.IntegrityError, match="UNIQUE"):
-        store.conn.execute("INSERT INTO events (source, id, received_at, raw) VALUES (?, ?, 0, '{}')",
-                           (parsed[0].source, parsed[0].id))
+    p = parsed[0]
+    with pytest.raises(_integrity_errors(), match="UNIQUE|unique"):
+        if isinstance(store, SQLiteStore):
+            sql(store, "INSERT INTO events (source, id, received_at, raw) VALUES (?, ?, 0, '{}')", (p.source, p.id))
+        else:
+            sql(store, "INSERT INTO events (source, id, key_ms, received_at, raw) VALUES (?, ?, ?, 0, '{}')",
+                (p.source, p.id, p.key_ms))
     assert store.counts()["events"] == 1
 
 
 def test_a_failed_batch_rolls_back_whole(store):
     parsed, _ = check_batch(minutes(3))
     parsed[2].window["currency"] = None  # NOT NULL in the windows table: the third insert fails
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(_integrity_errors()):
         store.ingest(parsed)
     assert store.counts() == {"events": 0, "windows": 0, "usage": 0, "tokens": 0}
 
