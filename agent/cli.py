@@ -113,12 +113,19 @@ def status(as_json: bool, watch: float | None) -> None:
 
 
 def _print_status(node_name, node, as_json: bool) -> None:
+    from meterd.agent.agent_status import describe, read_status
+    from meterd.agent.store import default_db_path
+
     samples = [d.sample() for d in node.devices]
     at = time.time()
+    agent = read_status(default_db_path())  # the agent's word on its store (full disk, locked)
     if as_json:
-        click.echo(json.dumps(status_json(node_name, at, samples, node.gpus.reason)))
+        click.echo(json.dumps({**status_json(node_name, at, samples, node.gpus.reason), "agent": agent}))
     else:
         console().print(status_table(node_name, at, samples, node.gpus.reason))
+        line = describe(agent)
+        if line:
+            click.echo(line)
 
 
 # Commands that live in their own modules, imported only when used (see LazyGroup): one line each.

@@ -533,6 +533,9 @@ window_s = 60                         # the billed window; must divide an hour (
 samples_retention_days = 7            # raw samples are pruned after this; windows are kept
 # store_budget_mb = 512               # bound the store: raw samples go first, then windows a sink
 #                                     # has acknowledged (rollups stay); unshipped windows never
+# store_max_pending_windows = 20000  # while the store refuses writes (disk full, locked by another
+#                                     # process), closed windows wait in memory, up to this many;
+#                                     # beyond it the oldest are dropped (logged, counted)
 
 [prices]
 currency = "USD"

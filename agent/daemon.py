@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ from meterd.agent.costmodel import node_shares
 from meterd.agent.ledger import price_window
 from meterd.agent.metrics import AgentState
 from meterd.agent import push_journal
+from meterd.agent.agent_status import StatusFile
+from meterd.units import iso
 from meterd.agent.store_writer import (AGENT_BUSY_TIMEOUT_MS, StoreWriter, WriterStatus, rollback_quietly,
                                        sqlite_reason)
 from meterd.agent.sampler import Clocks, ConcurrentReader, ProbeHealth, Schedule, ticks
@@ -163,6 +166,8 @@ class Agent:
                                   push_targets=lambda: list(self.push_targets) if self._journal else [],
                                   mono=clocks.mono, wall=clocks.wall, on_change=self._store_state_changed)
         self.state.store_writer = self.writer.status
+        self.status_file = StatusFile(store.path)
+        self._write_status()
 
     def _set_sources(self, config: Config) -> None:
         before = {src.key: src.url for src, _ in getattr(self, "sources", ())}
@@ -284,6 +289,8 @@ class Agent:
                       "pushed usage stays in the journal for the next start",
                       self.writer.status.pending_windows, self.writer.status.reason)
         self._flush_samples()
+        self._write_status("stopped")
+        self.status_file.close()
         self.reader.close()
         if self._own_http:
             self.http.close()
@@ -398,6 +405,8 @@ class Agent:
             self.summary.partial_windows += sum(1 for w, _ in rows if w["partial"])
             self.state.add_windows([w for w, _ in rows])
         self.summary.windows += self.writer.flush(force=force)
+        if closed and self.writer.failing:
+            self._write_status()  # how many windows are held, for `meter status`
 
     def _flush_samples(self) -> None:
         self._next_flush = self.clocks.mono() + SAMPLES_FLUSH_EVERY_S
@@ -414,7 +423,16 @@ class Agent:
             return
         self._sample_rows = []
 
+    def _write_status(self, state: str | None = None) -> None:
+        st = self.writer.status
+        self.status_file.write({
+            "pid": os.getpid(), "state": state or "running", "store": st.state, "reason": st.reason,
+            "since": iso(st.since) if st.since else None, "pending_windows": st.pending_windows,
+            "write_errors_total": st.write_errors_total, "dropped_windows_total": st.dropped_windows_total,
+        })
+
     def _store_state_changed(self, status: WriterStatus) -> None:
+        self._write_status()
         if status.state == "ok":
             self.notifier.send(f"STATUS=metering {len(self.devices)} device(s)")
         else:
