@@ -154,3 +154,24 @@ def test_light_sample_reads_only_what_metering_needs(fake_nvml, clock):
     assert not {"nvmlDeviceGetMigMode", "nvmlDeviceGetComputeRunningProcesses", "nvmlDeviceGetClockInfo",
                 "nvmlDeviceGetTemperature"} & set(light_calls)
     assert len(light_calls) <= 5 < len(fake.calls)
+
+
+@pytest.mark.parametrize("denied", ["nvmlDeviceGetTotalEnergyConsumption", "nvmlDeviceGetFieldValues"])
+def test_a_field_denied_by_permission_is_absent_and_the_rest_is_read(fake_nvml, clock, denied):
+    # NO_PERMISSION on one field (a container without the capability, a locked-down driver) is
+    # that field missing: the sample stays ok with everything else, and the agent falls back to
+    # power (or the other power query) instead of marking the GPU failed.
+    from tests.fakes.nvml import ERROR_CODES
+
+    fake = fake_nvml([h100(curve=[(0, 300.0)])])
+    (gpu,) = get_gpus(clock).devices()
+    clock.advance(5)
+    fake.fail(ERROR_CODES["NVML_ERROR_NO_PERMISSION"], {denied})
+    s = gpu.sample(detail=False)
+    assert s.state == "ok" and s.reason is None
+    assert s.power_w is not None and s.power_w.value == pytest.approx(300.0)
+    assert s.util_pct is not None and s.mem_used_bytes is not None
+    if denied == "nvmlDeviceGetTotalEnergyConsumption":
+        assert s.energy_j is None  # absent, so windows integrate power
+    else:
+        assert s.energy_j.source == "counter" and s.power_w.source == "average"  # nvmlDeviceGetPowerUsage
