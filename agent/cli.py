@@ -17,6 +17,7 @@ import traceback
 
 import click
 from rich.live import Live
+from rich.text import Text
 
 from meterd import __version__
 from meterd.agent.status_view import status_json, status_table
@@ -84,7 +85,8 @@ def main(verbose: int, debug: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts instead of a table.")
 @click.option("--watch", type=click.FloatRange(min=0.2), is_flag=False, flag_value=2.0, default=None,
               metavar="[SECONDS]", help="Refresh every SECONDS (default 2) until Ctrl-C. With --json, one JSON object per line.")
-def status(as_json: bool, watch: float | None) -> None:
+@click.option("--wide", is_flag=True, help="Every column, however wide the terminal (a narrow one leaves some out).")
+def status(as_json: bool, watch: float | None, wide: bool) -> None:
     """What the node has and draws right now: one row per GPU and CPU.
 
     Every power and energy figure names its source: counter (a hardware energy counter),
@@ -95,16 +97,19 @@ def status(as_json: bool, watch: float | None) -> None:
     node = get_devices()
     try:
         if watch is None:
-            _print_status(node_name, node, as_json)
+            _print_status(node_name, node, as_json, wide)
             return
         if as_json:
             while True:
                 _print_status(node_name, node, True)
                 time.sleep(watch)
-        with Live(console=console(), auto_refresh=False) as live:
+        con = console()
+        with Live(console=con, auto_refresh=False) as live:
             while True:
                 samples = [d.sample() for d in node.devices]
-                live.update(status_table(node_name, time.time(), samples, node.gpus.reason), refresh=True)
+                view = status_table(node_name, time.time(), samples, node.gpus.reason,
+                                    width=None if wide or not con.is_terminal else con.width)
+                live.update(Text(view) if isinstance(view, str) else view, refresh=True)
                 time.sleep(watch)
     except KeyboardInterrupt:
         pass
@@ -112,7 +117,7 @@ def status(as_json: bool, watch: float | None) -> None:
         node.close()
 
 
-def _print_status(node_name, node, as_json: bool) -> None:
+def _print_status(node_name, node, as_json: bool, wide: bool = False) -> None:
     from meterd.agent.agent_status import describe, read_status
     from meterd.agent.store import default_db_path
 
@@ -121,11 +126,14 @@ def _print_status(node_name, node, as_json: bool) -> None:
     agent = read_status(default_db_path())  # the agent's word on its store (full disk, locked)
     if as_json:
         click.echo(json.dumps({**status_json(node_name, at, samples, node.gpus.reason), "agent": agent}))
-    else:
-        console().print(status_table(node_name, at, samples, node.gpus.reason))
-        line = describe(agent)
-        if line:
-            click.echo(line)
+        return
+    con = console()
+    view = status_table(node_name, at, samples, node.gpus.reason,
+                        width=None if wide or not con.is_terminal else con.width)
+    con.print(view, markup=not isinstance(view, str), highlight=False)
+    line = describe(agent)
+    if line:
+        click.echo(line)
 
 
 # Commands that live in their own modules, imported only when used (see LazyGroup): one line each.

@@ -9,8 +9,7 @@ import time
 from pathlib import Path
 
 import click
-from meterd.agent.ui import console, write_error
-from rich.table import Table
+from meterd.agent.ui import ALWAYS, Column, print_table, write_error
 
 from meterd.agent import runtime
 from meterd.agent.config import EXAMPLE, load_config
@@ -82,7 +81,8 @@ def window_json(w: dict) -> dict:
 @click.option("--device", help="Only this device id.")
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many windows, the oldest first (without --since or --limit: the newest 200).")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list for scripts.")
-def windows_cmd(db_path, since, until, device, limit, as_json) -> None:
+@click.option("--wide", is_flag=True, help="Every column, however wide the terminal (a narrow one leaves some out).")
+def windows_cmd(db_path, since, until, device, limit, as_json, wide) -> None:
     """The stored windows: energy, tokens and cost per device per window."""
     from meterd.agent.store import open_store
 
@@ -110,16 +110,24 @@ def windows_cmd(db_path, since, until, device, limit, as_json) -> None:
             click.echo("no windows stored" + (f" for {device}" if device else "")
                        + (" in that range" if since or until else " yet: run `meter agent`"), err=True)
         return
-    t = Table()
-    for c in ("start", "device", "energy J", "source", "W", "util %", "prompt", "completion", "cost", "per Mtok", "flags"):
-        t.add_column(c, justify="left" if c in ("start", "device", "source", "flags") else "right")
+    rows_out = []
     for r in rows:
         flags = ",".join(r["flags"]) + (" gap %.1fs" % r["gap_s"] if r["gap_s"] >= 0.05 else "")
-        t.add_row(r["start"], r["device"][:20], _f(r["energy_j"], 1), r["energy_source"] or "—",
-                  _f(r["avg_power_w"], 1), _f(r["util_pct"], 0), str(r["prompt_tokens"]),
-                  str(r["completion_tokens"]), f"{r['cost_micro'] / MICRO:.6f}",
-                  "—" if r["cost_per_mtok"] is None else f"{r['cost_per_mtok']:.4f}", flags)
-    console().print(t)
+        rows_out.append([r["start"], r["device"], _f(r["energy_j"], 1), r["energy_source"] or "—",
+                         _f(r["avg_power_w"], 1), _f(r["util_pct"], 0), str(r["prompt_tokens"]),
+                         str(r["completion_tokens"]), f"{r['cost_micro'] / MICRO:.6f}",
+                         "—" if r["cost_per_mtok"] is None else f"{r['cost_per_mtok']:.4f}", flags.strip()])
+    print_table(WINDOW_COLUMNS, rows_out, wide=wide)
+
+
+#: `meter windows`, most needed first when a terminal is narrow: when and which device always,
+#: then cost and cost per Mtok, energy, power, tokens.
+WINDOW_COLUMNS = (
+    Column("start", keep=ALWAYS), Column("device", keep=ALWAYS), Column("energy J", "right", 7),
+    Column("source", keep=3), Column("W", "right", 6), Column("util %", "right", 2),
+    Column("prompt", "right", 5), Column("completion", "right", 5), Column("cost", "right", 9),
+    Column("per Mtok", "right", 8), Column("flags", keep=1),
+)
 
 
 def _f(v, digits: int) -> str:

@@ -6,6 +6,7 @@ from typing import Any
 
 from rich.table import Table
 
+from meterd.agent.ui import ALWAYS, Column, fit_table
 from meterd.units import iso
 from meterd.probes.readings import DeviceSample, Reading
 
@@ -48,13 +49,20 @@ def _gib(n: int | None) -> str:
     return "—" if n is None else f"{n / 2**30:.1f}"
 
 
-def status_table(node: str, at: float, samples: list[DeviceSample], gpu_note: str | None = None) -> Table:
-    """One row per device, like nvidia-smi: every figure shows its source beside it."""
-    t = Table(title=f"{node}  {iso(at)}", title_justify="left")
-    for col, justify in (("#", "right"), ("device", "left"), ("state", "left"), ("power W", "right"),
-                         ("source", "left"), ("energy kJ", "right"), ("util %", "right"),
-                         ("mem GiB", "right"), ("temp °C", "right"), ("clock MHz", "right")):
-        t.add_column(col, justify=justify)
+#: `meter status`, most needed first when a terminal is narrow.
+STATUS_COLUMNS = (
+    Column("#", "right", ALWAYS), Column("device", keep=ALWAYS), Column("state", keep=ALWAYS),
+    Column("power W", "right", ALWAYS), Column("source", keep=ALWAYS), Column("energy kJ", "right", 6),
+    Column("util %", "right", 7), Column("mem GiB", "right", 5), Column("temp °C", "right", 3),
+    Column("clock MHz", "right", 2),
+)
+
+
+def status_table(node: str, at: float, samples: list[DeviceSample], gpu_note: str | None = None,
+                 width: int | None = None) -> Table | str:
+    """One row per device, like nvidia-smi: every figure shows its source beside it. With
+    ``width``, the columns that fit it (see meterd.agent.ui.fit_table)."""
+    rows = []
     for s in samples:
         x = s.extra
         idx = str(x.get("index", "")) if s.kind == "gpu" else s.kind
@@ -68,12 +76,10 @@ def status_table(node: str, at: float, samples: list[DeviceSample], gpu_note: st
         mem = f"{_gib(s.mem_used_bytes)} / {_gib(s.mem_total_bytes)}"
         temp = x.get("temperature_c")
         clock = x.get("sm_clock_mhz") if s.kind == "gpu" else x.get("freq_mhz")
-        t.add_row(idx, s.name, state, power, src, energy, util, mem,
-                  "—" if temp is None else str(temp), "—" if clock is None else f"{clock:.0f}")
+        rows.append([idx, s.name, state, power, src, energy, util, mem,
+                     "—" if temp is None else str(temp), "—" if clock is None else f"{clock:.0f}"])
     notes = [f"{s.id}: {s.reason}" for s in samples if s.reason]
     if gpu_note:
         notes.insert(0, f"gpu: {gpu_note}")
-    if notes:
-        t.caption = "\n".join(notes)
-        t.caption_justify = "left"
-    return t
+    return fit_table(STATUS_COLUMNS, rows, width, caption="\n".join(notes) or None,
+                     title=f"{node}  {iso(at)}", title_justify="left")

@@ -80,8 +80,9 @@ def _report(read: Callable[[Sequence[str], Filters], Cells], by: Sequence[str], 
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
               help="table for people; json and csv for scripts; html (with --output) for a self-contained page with charts.")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Write to this file instead of standard output.")
+@click.option("--wide", is_flag=True, help="With the table: every column, however wide the terminal (a narrow one leaves some out).")
 def report(db, collector, token_file, ca_file, client_cert, client_key, since, until, by, node, device,
-           model, tenant, fmt, output) -> None:
+           model, tenant, fmt, output, wide) -> None:
     """What a million tokens cost: per model and device (default), node, tenant, hour, day or
     week, from the local store or a collector.
 
@@ -105,31 +106,29 @@ def report(db, collector, token_file, ca_file, client_cert, client_key, since, u
                "until": iso(f.until) if f.until is not None else None,
                "source": collector or "local store"}
     if fmt == "table":
-        from meterd.agent.ui import console
+        from meterd.agent.ui import console, measure
         from meterd.reports.render import render_table
 
         from rich.console import Console
-        from rich.measure import Measurement
 
         title = f"meter report by {', '.join(keys)}" + (f" ({context['since'] or '…'} → {context['until'] or 'now'})"
                                                          if since or until else "")
-        table = render_table(rep, title=title)
         con = console()
-        need = Measurement.get(con, con.options.update(max_width=1000), table).maximum
-        if output:
-            try:
-                with open(output, "w") as fh:
-                    Console(file=fh, width=need).print(table)
-            except OSError as e:
-                raise click.ClickException(write_error(output, e)) from None
-            click.echo(f"wrote {output}", err=True)
-        elif not con.is_terminal:
-            Console(width=max(need, con.width)).print(table)
-        else:
-            con.print(table)
-            if need > con.width:
-                click.echo(f"(the table needs {need} columns: widen the terminal, or use --format "
-                           "csv or json for every figure)", err=True)
+        if output or wide or not con.is_terminal:  # every column, at the width it needs
+            table = render_table(rep, title=title)
+            need = measure(table)
+            if output:
+                try:
+                    with open(output, "w") as fh:
+                        Console(file=fh, width=need).print(table)
+                except OSError as e:
+                    raise click.ClickException(write_error(output, e)) from None
+                click.echo(f"wrote {output}", err=True)
+            else:
+                Console(width=max(need, con.width)).print(table)
+            return
+        view = render_table(rep, title=title, width=con.width)
+        con.print(view, markup=not isinstance(view, str), highlight=False)
         return
     if fmt == "html":
         from meterd.reports.html import render_html

@@ -86,19 +86,23 @@ def _count(n: int) -> str:
     return f"{n:,}"
 
 
-def render_table(report: Report, *, title: str = "") -> Table:
+#: The figures' columns, most needed first when a terminal is narrow: cost per Mtok, cost,
+#: tokens, energy; the cost split and the capacity comparison go first.
+_FIGURES = (("prompt", 6), ("compl.", 6), ("kWh", 5), ("capex", 2), ("energy", 2), ("opex", 2),
+            ("cost", 9), ("/Mtok", 10), ("in/Mtok", 3), ("out/Mtok", 3), ("J/tok", 4), ("util%", 4),
+            ("idle%", 4), ("cap/Mtok", 3), ("real÷cap", 1))
+
+
+def render_table(report: Report, *, title: str = "", width: int | None = None) -> Table | str:
     """The terminal view: tokens, energy, the cost split, cost per Mtok (total, prompt,
-    completion), J/token, utilization, idle share, and capacity beside realized."""
+    completion), J/token, utilization, idle share, and capacity beside realized. With ``width``,
+    the columns that fit it (meterd.agent.ui.fit_table: the keys always, then the figures that
+    matter most, and a note naming the ones left out)."""
+    from meterd.agent.ui import ALWAYS, Column, fit_table
+
     cur = report.currency or ""
-    t = Table(title=title or None, caption=f"money in {cur}; in/out = prompt/completion tokens; {EFFICIENCY_NOTE}",
-              caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    for k in report.by:
-        # Keys are never cut: a truncated model name is a wrong answer.
-        longest = max([len(_label(r[k])) for r in report.rows] + [len(k), 5])
-        t.add_column(k, no_wrap=True, min_width=min(longest, 48))
-    for col in ("prompt", "compl.", "kWh", "capex", "energy", "opex", "cost", "/Mtok",
-                "in/Mtok", "out/Mtok", "J/tok", "util%", "idle%", "cap/Mtok", "real÷cap"):
-        t.add_column(col, justify="right", no_wrap=True)
+    # Keys are never cut: a truncated model name is a wrong answer.
+    columns = [Column(k, keep=ALWAYS) for k in report.by] + [Column(c, "right", keep) for c, keep in _FIGURES]
 
     def cells(r: dict[str, Any]) -> list[str]:
         return [
@@ -111,11 +115,12 @@ def render_table(report: Report, *, title: str = "") -> Table:
             _num(r["realized_over_capacity"], 2),
         ]
 
-    for r in report.rows:
-        t.add_row(*(_label(r[k]) for k in report.by), *cells(r))
-    t.add_section()
-    t.add_row("total", *([""] * (len(report.by) - 1)), *cells(report.totals), style="bold")
-    return t
+    rows = [[_label(r[k]) for k in report.by] + cells(r) for r in report.rows]
+    total = ["total", *([""] * (len(report.by) - 1)), *cells(report.totals)]
+    return fit_table(columns, rows, width, total=total,
+                     caption=f"money in {cur}; in/out = prompt/completion tokens; {EFFICIENCY_NOTE}",
+                     hint="--wide shows them, --format csv or json every figure",
+                     title=title or None, box=box.SIMPLE_HEAD, pad_edge=False)
 
 
 def _label(v: Any) -> str:

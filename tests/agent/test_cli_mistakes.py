@@ -210,3 +210,37 @@ def test_the_example_config_checks_with_everything_uncommented(tmp_path):
     doc = json.loads(r.output)
     assert "qwen2.5-32b" in doc["models"] and doc["sources"][0]["kind"] == "vllm"
     assert doc["prices"]["tariff"] and doc["ship_url"] == "https://collector.internal:8650"
+
+
+# -- reading a store this user may read but not write ---------------------------------------------
+
+
+def test_read_commands_on_a_store_owned_by_another_user(tmp_path):
+    """The systemd layout: the store belongs to the agent's user (here root), mode 0644 in a
+    0755 directory; the operator (here nobody) reads it: report, windows and outbox work, and
+    nothing is created or written, in the directory or the file."""
+    prefix = as_nobody()
+    d = shared_dir()
+    try:
+        s = Store(d / "meterd.db")
+        s.commit_windows(fleet_windows())
+        s.close()  # the last connection closes: the WAL is checkpointed and removed
+        (d / "meterd.db").chmod(0o644)
+        before = sorted(p.name for p in d.iterdir()), (d / "meterd.db").read_bytes(), (d / "meterd.db").stat().st_mtime_ns
+        db = str(d / "meterd.db")
+        env = {"HOME": str(d / "home-of-nobody")}  # not there: nothing may be made in it either
+        r = run_meter("windows", "--db", db, "--json", prefix=prefix, env=env)
+        assert r.returncode == 0, r.stderr
+        assert len(json.loads(r.stdout)) == 5
+        r = run_meter("report", "--db", db, "--format", "json", prefix=prefix, env=env)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["totals"]["cost_micro"] == 9300
+        r = run_meter("outbox", "--db", db, "--json", prefix=prefix, env=env)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["pending"] == 5
+        r = run_meter("outbox", "retry", "--db", db, prefix=prefix, env=env)  # a write: refused, one line
+        one_line(r, "cannot be written by this user")
+        after = sorted(p.name for p in d.iterdir()), (d / "meterd.db").read_bytes(), (d / "meterd.db").stat().st_mtime_ns
+        assert after == before
+    finally:
+        shutil.rmtree(d)
