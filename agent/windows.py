@@ -189,7 +189,12 @@ class WindowBuilder:
         if start > aligned:
             self.current.flag("startup")
         self._prev: _Point | None = None
-        self._t = start  # effective wall time: never goes backwards
+        self._t = start  # effective time: never goes backwards
+        # Time runs on the boot clock (monotonic, and counting a suspend): effective time is
+        # ``tick.boot + self._off``; ``self._drift`` is how far the wall clock is accepted to be
+        # from it (0, or behind it after a backward step that could not be followed).
+        self._off: float | None = None
+        self._drift = 0.0
 
     def add_usage(self, at: float, usage: dict[tuple[str, str], Usage], journal_id: int | None = None,
                   backfill_s: float = 0.0, lost: bool = False) -> None:
@@ -233,35 +238,79 @@ class WindowBuilder:
         w.busy_provenance = provenance
 
     def add_sample(self, tick: Tick, sample: DeviceSample | None) -> list[Window]:
-        """One sampling round; ``sample`` None (or not ok) means no reading this round."""
+        """One sampling round; ``sample`` None (or not ok) means no reading this round.
+
+        Time is elapsed boot-clock time, not the wall clock: a wall-clock step (NTP, an
+        operator) is told apart from a suspend (the boot clock advanced, the monotonic one did
+        not). A step closes the open window at the true elapsed time, flagged ``clock_step``; a
+        step forward re-aligns the next window to the new wall clock (no windows for time that
+        did not pass); a step back cannot be followed without windows overlapping the ones
+        already stored, so time goes on from where it was, ahead of the wall clock by the step
+        (logged with the flag), until a later step forward closes the difference."""
         closed: list[Window] = []
         prev = self._prev
         ok = sample is not None and sample.state == "ok"
+        if self._off is None:
+            self._off = max(tick.wall, self._t) - tick.boot
+        expected = tick.boot + self._off
+        drift = tick.wall - expected
+        step = abs(drift - self._drift) > CLOCK_STEP_TOLERANCE_S
+        realign = step and drift > CLOCK_STEP_TOLERANCE_S  # the wall clock is ahead: follow it
+        if step and not realign:
+            self._drift = drift  # behind (or still behind): time stays elapsed time
         # The reading's own time, not the round's: a probe answering late must not stretch or
         # squeeze the interval its counter delta covers.
         read_at = sample.at if ok and sample.at else tick.wall
-        t = max(read_at, self._t)
+        lag = read_at - tick.wall
+        if abs(lag) > self.max_gap_s:  # a reading stamped across a step: the round's time
+            lag = 0.0
+        t = max(expected + lag, self._t)
         trusted = True
         if prev is not None:
-            d_wall, d_mono = tick.wall - prev.tick.wall, tick.mono - prev.tick.mono
-            if abs(d_wall - d_mono) > CLOCK_STEP_TOLERANCE_S and abs((tick.boot - prev.tick.boot) - d_wall) > CLOCK_STEP_TOLERANCE_S:
-                self.current.flag("clock_step")
-                trusted = False
-            if (tick.boot - prev.tick.boot) - d_mono > CLOCK_STEP_TOLERANCE_S:
+            d_boot, d_mono = tick.boot - prev.tick.boot, tick.mono - prev.tick.mono
+            if d_boot - d_mono > CLOCK_STEP_TOLERANCE_S:
                 self.current.flag("suspend")
                 trusted = False
+        if step:
+            self.current.flag("clock_step")
         point = _Point(t, tick, sample.power_w, sample.energy_j, sample.util_pct) if ok else None
         if prev is not None and point is not None and trusted and 0 < t - prev.t <= self.max_gap_s:
             closed += self._integrate(prev, point)
         else:
             closed += self._advance_to(t)
+        if realign:
+            closed += self._realign(t, tick, drift)
+            if point is not None:
+                point.t = self._t
+        else:
+            self._t = t
         self._prev = point
-        self._t = t
+        return closed
+
+    def _realign(self, t: float, tick: Tick, drift: float) -> list[Window]:
+        """The wall clock stepped ahead of elapsed time: the open window ends at ``t`` (the
+        true time), and the next starts at the new wall-clock time, partial up to the next
+        boundary; the time stepped over is in no window."""
+        w = self.current
+        closed = []
+        end = round(t, 3)
+        if end > w.start:
+            w.end = end
+            w.partial = True
+            closed.append(w)
+        start = round(max(tick.wall, end), 3)
+        self.current = Window(self.device, start, window_start(start, self.window_s) + self.window_s, partial=True)
+        self.current.flag("clock_step")
+        self._off = tick.wall - tick.boot
+        self._drift = 0.0
+        self._t = start
         return closed
 
     def close(self, at: float) -> list[Window]:
-        """Shutdown at ``at``: windows that ended since the last sample close (their tail is a
-        gap), and the open one ends at ``at``, partial. A zero-length last window is dropped."""
+        """Shutdown at wall time ``at``: windows that ended since the last sample close (their
+        tail is a gap), and the open one ends at ``at`` (on the agent's elapsed time), partial.
+        A zero-length last window is dropped."""
+        at = at - self._drift
         closed = self._advance_to(max(at, self._t))
         w = self.current
         w.end = max(w.start, round(at, 3))

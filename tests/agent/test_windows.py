@@ -129,25 +129,74 @@ def test_shutdown_after_a_boundary_closes_the_full_window_first():
     assert b.close(T0 + 12)[-1].end == T0 + 12
 
 
-def test_clock_step_and_suspend_are_flagged_and_not_integrated():
+def test_a_clock_step_closes_the_window_at_the_true_time_and_a_suspend_is_not_integrated():
     b = WindowBuilder("gpu0", 60, T0, max_gap_s=3)
     b.add_sample(tick(T0), sample(T0, 100.0, 0.0))
-    # NTP steps the wall clock 5 s forward while 1 s passed
-    b.add_sample(Tick(T0 + 6, 1001, 5001), sample(T0 + 6, 100.0, 100.0))
-    assert "clock_step" in b.current.flags and b.current.energy_j is None
-    # suspend: wall and boot time advance 30 s, the monotonic clock 1 s
-    b.add_sample(Tick(T0 + 36, 1002, 5031), sample(T0 + 36, 100.0, 200.0))
-    assert "suspend" in b.current.flags and "clock_step" in b.current.flags
+    # NTP steps the wall clock 5 s forward while 1 s passed: the window ends at the 1 s that
+    # passed, with its energy; the next starts at the new wall clock
+    (w,) = b.add_sample(Tick(T0 + 6, 1001, 5001), sample(T0 + 6, 100.0, 100.0))
+    assert (w.start, w.end, w.partial, w.flags) == (T0, T0 + 1, True, ["clock_step"])
+    assert w.energy_j == pytest.approx(100.0) and w.gap_s == 0
+    assert (b.current.start, b.current.end, b.current.flags) == (T0 + 6, T0 + 60, ["clock_step"])
+    # suspend: wall and boot time advance 30 s, the monotonic clock 1 s: real time, not a step
+    assert b.add_sample(Tick(T0 + 36, 1002, 5031), sample(T0 + 36, 100.0, 200.0)) == []
+    assert b.current.flags == ["clock_step", "suspend"]
     assert b.current.energy_j is None
 
 
-def test_wall_clock_going_backwards_never_reopens_a_closed_window():
+def test_wall_clock_going_backwards_never_reopens_a_closed_window_nor_hides_time():
     b = WindowBuilder("gpu0", 10, T0, max_gap_s=3)
     b.add_sample(tick(T0 + 9), sample(T0 + 9, 100.0, 0.0))
     closed = b.add_sample(tick(T0 + 10), sample(T0 + 10, 100.0, 100.0))
     assert len(closed) == 1
+    # the wall clock goes back 9 s while 1 s passes: time goes on from where it was
     assert b.add_sample(Tick(T0 + 2, 1011, 5011), sample(T0 + 2, 100.0, 200.0)) == []
-    assert b.current.start == T0 + 10
+    assert b.current.start == T0 + 10 and b.current.flags == ["clock_step"]
+    assert b.current.energy_j == pytest.approx(100.0) and b.current.covered_s == pytest.approx(1.0)
+    # and on, a second a second, flagged once
+    for i in range(1, 10):
+        out = b.add_sample(Tick(T0 + 2 + i, 1011 + i, 5011 + i), sample(T0 + 2 + i, 100.0, 200.0 + 100 * i))
+    (w,) = out
+    assert (w.start, w.end, w.gap_s) == (T0 + 10, T0 + 20, 0)
+    assert w.energy_j == pytest.approx(1000.0) and w.flags == ["clock_step"]
+    assert b.current.flags == []
+    # shut down at a wall time on the old scale: the tail ends on elapsed time, not before it
+    (tail,) = b.close(T0 + 12.5)
+    assert (tail.start, tail.end) == (T0 + 20, T0 + 21.5)  # 1.5 s after the last sample
+
+
+def _run(b, seconds, wall0, mono0, power=300.0, step_at=None, step_s=0.0):
+    """``seconds`` of 1 Hz samples at ``power`` W (an energy counter), the wall clock stepped by
+    ``step_s`` after ``step_at`` seconds."""
+    out = []
+    for i in range(seconds + 1):
+        wall = wall0 + i + (step_s if step_at is not None and i >= step_at else 0.0)
+        out += b.add_sample(Tick(wall, mono0 + i, mono0 + i), sample(wall, power, power * i))
+    return out
+
+
+def test_six_hours_forward_makes_no_phantom_windows_and_bills_only_elapsed_time():
+    b = WindowBuilder("gpu0", 1, T0, max_gap_s=3)
+    out = _run(b, 120, T0, 1000.0, step_at=60, step_s=6 * 3600.0)
+    out += b.close(T0 + 6 * 3600 + 120)
+    assert len(out) == 120  # one per elapsed second: not 21,600 more for the step
+    assert sum(w.duration_s for w in out) == pytest.approx(120.0)
+    assert sum(w.energy_j for w in out) == pytest.approx(120 * 300.0)
+    stepped = [w for w in out if "clock_step" in w.flags]
+    assert [w.start for w in stepped] == [T0 + 59, T0 + 6 * 3600 + 60]  # the two sides of the step
+    assert all(w.start >= T0 + 6 * 3600 for w in out[60:])  # re-aligned to the new wall clock
+
+
+def test_thirty_seconds_back_holds_no_window_open_and_hides_no_time():
+    b = WindowBuilder("gpu0", 1, T0, max_gap_s=3)
+    out = _run(b, 120, T0, 1000.0, step_at=60, step_s=-30.0)
+    out += b.close(T0 + 120 - 30)
+    assert len(out) == 120
+    assert all(w.duration_s == pytest.approx(1.0) and w.gap_s == 0 for w in out)
+    assert sum(w.energy_j for w in out) == pytest.approx(120 * 300.0)  # every second billed
+    starts = [w.start for w in out]
+    assert starts == sorted(set(starts))  # no overlap, no window twice
+    assert [w.start for w in out if "clock_step" in w.flags] == [T0 + 59]
 
 
 def test_tokens_go_to_the_open_window():
@@ -186,6 +235,7 @@ def test_a_suspend_alone_is_a_suspend_not_a_clock_step():
     b.add_sample(Tick(T0 + 32, 1002, 5032), sample(T0 + 32, 100.0, 200.0))
     assert b.current.flags == ["suspend"]
     assert b.current.energy_j == pytest.approx(100.0)  # the suspended interval is not integrated
-    # and a wall step without a suspend is a clock step only
-    b.add_sample(Tick(T0 + 40, 1003, 5033), sample(T0 + 40, 100.0, 300.0))
-    assert b.current.flags == ["suspend", "clock_step"]
+    # and a wall step without a suspend is a clock step only: 1 s passed, the wall clock says 8
+    (w,) = b.add_sample(Tick(T0 + 40, 1003, 5033), sample(T0 + 40, 100.0, 300.0))
+    assert w.flags == ["suspend", "clock_step"] and w.end == T0 + 33
+    assert b.current.flags == ["clock_step"] and b.current.start == T0 + 40
