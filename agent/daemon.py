@@ -168,6 +168,10 @@ class Agent:
         self.state.store_writer = self.writer.status
         self.status_file = StatusFile(store.path)
         self._write_status()
+        self.state.node = config.node
+        self.state.device_kinds = {d.id: d.kind for d in node.devices}
+        if config.store_budget_mb:
+            self.state.store_budget_bytes = int(config.store_budget_mb * 1024 * 1024)
 
     def _set_sources(self, config: Config) -> None:
         before = {src.key: src.url for src, _ in getattr(self, "sources", ())}
@@ -391,7 +395,10 @@ class Agent:
         self.summary.rounds += 1
         self.summary.last_sample_wall = tick.wall
         self.state.last_sample_wall = tick.wall
-        self.state.gaps = dict(self.summary.gaps)
+        # every probe, with 0 for those that never failed: a dashboard shows it before its first gap
+        self.state.gaps = {name: self.summary.gaps.get(name, 0) for name in probes} | self.summary.gaps
+        self.state.device_up = {d: isinstance(results[f"device:{d}"], DeviceSample)
+                                and results[f"device:{d}"].state == "ok" for d in self.devices}
 
     def _commit(self, closed: list[Window], force: bool = False) -> None:
         """Price the windows that closed and hand them to the writer, which commits them now or,
@@ -403,7 +410,7 @@ class Agent:
             self.writer.put(rows, cursors, origins=self.tracker.all_totals(),
                             origins_at=self._last_scrape_wall or self.clocks.wall())
             self.summary.partial_windows += sum(1 for w, _ in rows if w["partial"])
-            self.state.add_windows([w for w, _ in rows])
+            self.state.add_windows([w for w, _ in rows], [u for _, u in rows])
         self.summary.windows += self.writer.flush(force=force)
         if closed and self.writer.failing:
             self._write_status()  # how many windows are held, for `meter status`
