@@ -18,7 +18,7 @@ import click
 
 from meterd.collector.app import DEFAULT_MAX_BODY_BYTES, create_app
 from meterd.collector.auth import create_token
-from meterd.collector.export import PERIODS, billing_rows, parse_bound, render_csv, render_json
+from meterd.collector.export import PERIODS, billing_rows, parse_bound, parse_by, render_csv, render_json
 from meterd.collector.store import Query, open_store
 from meterd.errors import ConfigError
 from meterd.net import parse_listen
@@ -189,29 +189,36 @@ def token_revoke(key_id: str, db: str | None) -> None:
 @click.option("--since", required=True, help="Start (inclusive), ISO-8601 date or time; UTC unless it says otherwise.")
 @click.option("--until", required=True, help="End (exclusive), ISO-8601 date or time.")
 @click.option("--period", type=click.Choice(PERIODS), default="day", show_default=True,
-              help="One row per period, node and model.")
+              help="One row per period and --by keys.")
+@click.option("--by", "by_text", default="node,model", show_default=True, metavar="KEYS",
+              help="Break down by these keys (node, device, model, tenant), e.g. tenant,model for an invoice "
+                   "per tenant with its models.")
 @click.option("--node", default=None, help="Only this node.")
 @click.option("--format", "fmt", type=click.Choice(["csv", "json"]), default="csv", show_default=True)
-def export(db: str | None, since: str, until: str, period: str, node: str | None, fmt: str) -> None:
-    """The billing export: tokens, energy and cost per period, node and model.
+def export(db: str | None, since: str, until: str, period: str, by_text: str, node: str | None, fmt: str) -> None:
+    """The billing export: tokens, energy and cost per period, node and model (or --by).
 
     Costs are exact integer micro-units (cost_micro) and the same amount in currency units
     (cost); cost per million tokens is a ratio of sums, empty when there were no tokens. Idle
-    cost (windows without tokens) is its own row, model "(idle)".
+    cost (windows without tokens) is its own row, model "(idle)". With --by other than
+    node,model the table is invoice-ready: tokens in, cached and out, kWh, the cost and its
+    prompt/completion split, cost per Mtok; its money equals the sum of the meterd.usage.v1
+    events of the same windows exactly.
     """
     try:
         t0, t1 = parse_bound(since), parse_bound(until)
+        by = parse_by(by_text)
     except ValueError as e:
         raise click.ClickException(str(e)) from e
     if t1 <= t0:
         raise click.ClickException("--until must be after --since")
     store = open_store(db, readonly=True)
     try:
-        groups = store.usage([period, "node", "model"], Query(node=node, since=t0, until=t1))
+        groups = store.usage([period, *by], Query(node=node, since=t0, until=t1))
     finally:
         store.close()
-    rows = billing_rows(groups, period)
+    rows = billing_rows(groups, period, by)
     if fmt == "json":
         click.echo(render_json(rows, since=t0, until=t1, period=period))
     else:
-        click.echo(render_csv(rows), nl=False)
+        click.echo(render_csv(rows, by), nl=False)

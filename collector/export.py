@@ -20,6 +20,34 @@ EXPORT_COLUMNS = (
     "cached_prompt_tokens", "completion_tokens", "tokens", "energy_j", "energy_kwh", "cost_micro", "cost",
     "idle_cost_micro", "unavailable_cost_micro", "cost_per_mtok_micro", "cost_per_mtok",
 )
+#: What an export can be broken down by (``--by``), beside the period.
+EXPORT_KEYS = ("node", "device", "model", "tenant")
+DEFAULT_BY = ("node", "model")
+#: The invoice columns after the keys, for any ``--by`` other than the default.
+INVOICE_COLUMNS = (
+    "currency", "windows", "prompt_tokens", "cached_prompt_tokens", "completion_tokens", "tokens",
+    "energy_j", "energy_kwh", "cost_micro", "cost", "cost_prompt_micro", "cost_completion_micro",
+    "idle_cost_micro", "cost_per_mtok_micro", "cost_per_mtok",
+)
+IDLE = "(idle)"
+
+
+def parse_by(text: str) -> tuple[str, ...]:
+    """``tenant,model`` -> ("tenant", "model"); ValueError naming a key that is not one."""
+    keys = tuple(k.strip() for k in text.split(",") if k.strip())
+    bad = [k for k in keys if k not in EXPORT_KEYS]
+    if bad or not keys:
+        raise ValueError(f"--by {text!r}: expected a comma-separated list of {', '.join(EXPORT_KEYS)}")
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"--by {text!r}: a key is named twice")
+    return keys
+
+
+def export_columns(by: Sequence[str] = DEFAULT_BY) -> tuple[str, ...]:
+    """The CSV columns of an export broken down by ``by`` (the default keeps today's columns)."""
+    if tuple(by) == DEFAULT_BY:
+        return EXPORT_COLUMNS
+    return ("period", "period_start", *by, *INVOICE_COLUMNS)
 
 
 def parse_bound(text: str) -> float:
@@ -63,11 +91,14 @@ def ratios(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def billing_rows(groups: Iterable[dict[str, Any]], period: str) -> list[dict[str, Any]]:
-    """Export rows from usage groups keyed by (period bucket, node, model, currency).
+def billing_rows(groups: Iterable[dict[str, Any]], period: str,
+                 by: Sequence[str] = DEFAULT_BY) -> list[dict[str, Any]]:
+    """Export rows from usage groups keyed by (period bucket, *by, currency).
 
-    A model of None is the cost no model took (idle windows); it is exported as ``(idle)`` so a
-    bill shows it instead of hiding it.
+    A model (or, grouped by tenant, a tenant) of None is the cost no usage took (idle windows):
+    it is exported as ``(idle)`` so a bill shows it instead of hiding it. These are the same
+    groups as the ``meterd.usage.v1`` events' (their idle remainder is model and tenant ""), so
+    an invoice's money equals the sum of those events exactly.
     """
     if period not in PERIODS:
         raise ValueError(f"period must be one of {', '.join(PERIODS)}, not {period!r}")
@@ -76,11 +107,14 @@ def billing_rows(groups: Iterable[dict[str, Any]], period: str) -> list[dict[str
         tokens = g["prompt_tokens"] + g["completion_tokens"]
         cpm = per_mtok_micro(g["cost_micro"], tokens)
         energy = g["energy_j"]
+        keys = {}
+        for k in by:
+            v = g[k]
+            keys[k] = IDLE if v is None and k in ("model", "tenant") else v
         out.append({
             "period": period,
             "period_start": g[period],
-            "node": g["node"],
-            "model": g["model"] if g["model"] is not None else "(idle)",
+            **keys,
             "currency": g["currency"],
             "windows": g["windows"],
             "prompt_tokens": g["prompt_tokens"],
@@ -91,6 +125,8 @@ def billing_rows(groups: Iterable[dict[str, Any]], period: str) -> list[dict[str
             "energy_kwh": None if energy is None else round(energy / J_PER_KWH, 9),
             "cost_micro": g["cost_micro"],
             "cost": money(g["cost_micro"]),
+            "cost_prompt_micro": g.get("cost_prompt_micro") or 0,
+            "cost_completion_micro": g.get("cost_completion_micro") or 0,
             "idle_cost_micro": g["idle_cost_micro"],
             "unavailable_cost_micro": g.get("unavailable_cost_micro") or 0,
             "cost_per_mtok_micro": cpm,
@@ -126,12 +162,13 @@ def render_json(rows: Sequence[dict[str, Any]], *, since: float, until: float, p
                        "rows": list(rows), "totals": totals(rows)}, indent=2)
 
 
-def render_csv(rows: Sequence[dict[str, Any]]) -> str:
-    """One line per (period, node, model, currency); empty cells for nulls. Totals are left out
-    so that summing a column in a spreadsheet gives the total."""
+def render_csv(rows: Sequence[dict[str, Any]], by: Sequence[str] = DEFAULT_BY) -> str:
+    """One line per (period, *by, currency); empty cells for nulls. Totals are left out so that
+    summing a column in a spreadsheet gives the total."""
+    columns = export_columns(by)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: ("" if r[k] is None else r[k]) for k in EXPORT_COLUMNS})
+        w.writerow({k: ("" if r[k] is None else r[k]) for k in columns})
     return buf.getvalue()
