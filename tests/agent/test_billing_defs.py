@@ -84,3 +84,19 @@ def test_lago_and_stripe_definitions_match_the_agent_snippets(sink, defs, key, e
             assert d["value_settings[event_payload_key]"] == "value"
     s = sink_for(config)
     assert s.kind == sink and s.metrics == config.ship_metrics
+
+
+def test_billing_doc_walks_through_each_system_with_files_that_exist():
+    import re
+
+    text = (DEPLOY.parent / "docs" / "billing.md").read_text()
+    for heading in ("## 3. OpenMeter", "## 4. Lago", "## 5. Stripe", "## 6. The collector's own invoice"):
+        assert heading in text
+    paths = set(re.findall(r"((?:deploy|docs|tests)/[\w./-]+\w)", text))
+    assert {"deploy/openmeter/meters.yaml", "deploy/lago/billable_metrics.json", "deploy/stripe/meters.json"} <= paths
+    for p in paths:
+        assert (DEPLOY.parent / p).exists(), p
+    for block in re.findall(r"```toml\n(.*?)```", text, re.S):  # the config it shows is valid
+        snippet = "\n".join(line.strip() for line in block.splitlines())
+        assert parse_config(tomllib.loads(snippet)).ship_sink in ("openmeter", "lago", "stripe")
+    assert "--by tenant,model --period month" in text
