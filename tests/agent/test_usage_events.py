@@ -33,7 +33,8 @@ def test_events_add_up_exactly_to_each_window(store):
     for w, evs in all_events(store):
         assert evs, "every window has at least one usage event"
         for k in ("cost_micro", "cost_capex_micro", "cost_energy_micro", "cost_opex_micro",
-                  "cost_prompt_micro", "cost_completion_micro", "prompt_tokens", "completion_tokens"):
+                  "cost_prompt_micro", "cost_completion_micro", "prompt_tokens", "completion_tokens",
+                  "cached_prompt_tokens"):
             assert sum(e["data"][k] for e in evs) == w[k], k
         assert sum(e["data"]["energy_j"] for e in evs) == pytest.approx(w["energy_j"], rel=1e-12)
         for e in evs:
@@ -103,6 +104,10 @@ def test_data_is_flat_scalars_with_the_documented_fields(store):
                 assert type(e["data"][k]) is int
             assert e["data"]["window_id"] == w["event_id"]
             json.dumps(e)
+
+
+def test_cached_prompt_tokens_are_carried(store):
+    assert sum(w["cached_prompt_tokens"] for w in store.windows()) > 0
 
 
 def test_cached_prompt_tokens_come_from_the_usage_row(store):

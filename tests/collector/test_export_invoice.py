@@ -50,6 +50,7 @@ def test_invoice_by_tenant_and_model_equals_the_usage_events_exactly(stores):
             d = e["data"]
             key = ("(idle)", "(idle)") if d["kind"] == "idle" else (d["tenant"], d["model"])
             s = want.setdefault(key, {"cost_micro": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                                      "cached_prompt_tokens": 0,
                                       "cost_prompt_micro": 0, "cost_completion_micro": 0, "energy_j": 0.0})
             for k in s:
                 s[k] += d[k]
@@ -57,11 +58,13 @@ def test_invoice_by_tenant_and_model_equals_the_usage_events_exactly(stores):
     assert set(got) == set(want)
     for key, s in want.items():
         r = got[key]
-        for k in ("cost_micro", "prompt_tokens", "completion_tokens", "cost_prompt_micro", "cost_completion_micro"):
+        for k in ("cost_micro", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "cost_prompt_micro",
+                  "cost_completion_micro"):
             assert r[k] == s[k], (key, k)
         assert r["energy_j"] == pytest.approx(s["energy_j"], abs=0.01)
         assert r["period_start"] == "2027-01-01T00:00:00Z"
     assert doc["totals"][0]["cost_micro"] == sum(w["cost_micro"] for w, _ in windows)
+    assert got[("team-a", "llama-3-8b")]["cached_prompt_tokens"] > 0
     untenanted = got[("", "qwen-7b")]
     assert untenanted["cost_per_mtok_micro"] == round(untenanted["cost_micro"] * 1e6 / untenanted["tokens"])
     assert got[("(idle)", "(idle)")]["tokens"] == 0 and got[("(idle)", "(idle)")]["cost_per_mtok"] is None
