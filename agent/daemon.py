@@ -40,6 +40,7 @@ from meterd.agent.agent_status import StatusFile
 from meterd.units import iso
 from meterd.agent.store_writer import (AGENT_BUSY_TIMEOUT_MS, StoreWriter, WriterStatus, rollback_quietly,
                                        sqlite_reason)
+from meterd.agent.sharing import GpuSharing
 from meterd.agent.sampler import Clocks, ConcurrentReader, ProbeHealth, Schedule, ticks
 from meterd.agent.store import Store
 from meterd.agent.systemd import Notifier
@@ -47,6 +48,7 @@ from meterd.agent.windows import Usage, Window, WindowBuilder, split_evenly
 from meterd.probes.counters import CounterTracker, Gap, Totals
 from meterd.probes.device import Device
 from meterd.probes.devices import Node
+from meterd.probes.process_owner import OwnerResolver, source_ports
 from meterd.probes.prometheus_servers import GenericMetrics
 from meterd.probes.readings import DeviceSample
 from meterd.probes.tokens import TokenSource
@@ -110,6 +112,13 @@ def usage_from_deltas(deltas: dict[str, Any], tenant: str = "") -> dict[tuple[st
             for model, c in deltas.items() if c.prompt_tokens or c.completion_tokens}
 
 
+def owned(usage: dict[tuple[str, str], Usage], source: str) -> dict[tuple[str, str], Usage]:
+    """A token source's usage, marked as its own (``source:<name>``, the owner its GPU processes get)."""
+    for u in usage.values():
+        u.owner = f"source:{source}"
+    return usage
+
+
 def spread(usage: dict[tuple[str, str], Usage], k: int) -> list[dict[tuple[str, str], Usage]]:
     """One server's tokens over the ``k`` devices behind it: integers that add up, seconds shared."""
     out: list[dict[tuple[str, str], Usage]] = [{} for _ in range(k)]
@@ -120,7 +129,7 @@ def spread(usage: dict[tuple[str, str], Usage], k: int) -> list[dict[tuple[str, 
             out[i][key] = Usage(ps[i], cs[i], None if u.prefill_s is None else u.prefill_s / k,
                                 None if u.decode_s is None else u.decode_s / k,
                                 cached_prompt_tokens=ks[i],
-                                token_source=u.token_source, error_bound=bs[i])
+                                token_source=u.token_source, error_bound=bs[i], owner=u.owner)
     return out
 
 
@@ -153,6 +162,7 @@ class Agent:
         self.devices = {d.id: d for d in node.devices}
         self.shares = node_shares(node.devices)
         self._set_sources(config)
+        self.sharing = GpuSharing(node.devices, OwnerResolver(self._source_ports()))
         self.max_gap_s = max(3 * config.interval_s, config.interval_s + 2.0)
         self.builders: dict[str, WindowBuilder] = {}
         self.config_hash = config.hash()
@@ -190,8 +200,14 @@ class Agent:
             if after.get(key) != url:
                 self.tracker.forget(key)
                 log.info("token source %s removed: its counters are forgotten", key)
+        if hasattr(self, "sharing"):
+            self.sharing.resolver.ports = self._source_ports()
         push_cfg = [s for s in config.sources if s.kind == "push"]
         self.push_targets = resolve_devices(push_cfg[0].devices if push_cfg else ("all",), self.node.devices)
+
+    def _source_ports(self) -> dict[int, str]:
+        """The ports token sources are scraped on: a GPU process listening on one is that source's."""
+        return source_ports((src.key, src.url) for src, _ in self.sources)
 
     # -- reload (SIGHUP) ------------------------------------------------------------------------
 
@@ -331,6 +347,7 @@ class Agent:
             f"device:{d}": (lambda dev=dev: dev.sample(detail=False)) for d, dev in self.devices.items()}
         for src, _ in self.sources:
             probes[f"tokens:{src.key}"] = (lambda s=src: s.scrape(self.http))
+        probes.update(self.sharing.probes())
         timeout = max(0.05, 0.8 * self.config.interval_s)
         results = self.reader.read(probes, timeout)
 
@@ -361,7 +378,7 @@ class Agent:
                          f"before its restart is lost" if update.restarted else "")
             elif update.restarted:
                 log.info("token source %s restarted (models %s): counting from zero", src.key, sorted(update.restarted))
-            self._give_usage(tick.wall, usage_from_deltas(update.deltas), targets, backfill_s,
+            self._give_usage(tick.wall, owned(usage_from_deltas(update.deltas), src.key), targets, backfill_s,
                              lost=update.resumed and bool(update.restarted))
         self._last_scrape_wall = tick.wall
         if self._journal:
@@ -384,6 +401,9 @@ class Agent:
                 self.health.ok(name)
             if sample is not None:
                 sample_rows.append(_sample_row(sample))
+            busy = results.get(f"share:{dev_id}")
+            if isinstance(busy, tuple):  # who used it since the last round (agent/sharing.py)
+                self.builders[dev_id].add_busy(tick.wall, *busy)
             closed += self.builders[dev_id].add_sample(tick, sample)
 
         self._sample_rows += sample_rows

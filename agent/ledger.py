@@ -8,6 +8,7 @@ from typing import Any
 
 from meterd import __version__
 from meterd.agent.config import Prices
+from meterd.agent.attribution import APPORTIONED, split_by_owner
 from meterd.agent.costmodel import DeviceShare, split_cost, window_cost
 from meterd.agent.events import event_id
 from meterd.agent.windows import Window
@@ -64,9 +65,16 @@ def price_window(w: Window, node: str, device_name: str | None, prices: Prices, 
         "agent_version": __version__,
         "event_id": event_id(node, w.device, w.start),
     }
+    # A shared GPU's window split by who used it (agent/attribution.py); [] when not measured.
+    window["owners"] = [
+        {"owner": o.owner, "share": o.share, "energy_j": o.energy_j, "cost_capex_micro": o.capex_micro,
+         "cost_energy_micro": o.energy_micro, "cost_opex_micro": o.opex_micro, "cost_micro": o.cost_micro,
+         "provenance": o.provenance}
+        for o in split_by_owner(cost, w.energy_j, w.busy, w.busy_span, w.busy_provenance or APPORTIONED)
+    ]
     usage = [
         {
-            "model": r.key[0], "tenant": r.key[1],
+            "model": r.key[0], "tenant": r.key[1], "owner": w.usage[r.key].owner,
             "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
             "cached_prompt_tokens": r.cached_prompt_tokens,
             "token_source": w.usage[r.key].token_source,

@@ -247,8 +247,35 @@ def _m5_token_detail(conn: sqlite3.Connection) -> None:
     )
 
 
+def _m6_window_owners(conn: sqlite3.Connection) -> None:
+    """Shared GPUs (agent/attribution.py): a window's energy and cost split by who used the GPU
+    (``window_owners``: a process owner, a MIG instance, or ``idle``; provenance ``apportioned``
+    or ``apportioned (slices)``), and the owner a usage row's tokens came from."""
+    have = {r[1] for r in conn.execute("PRAGMA table_info(window_usage)")}
+    if "owner" not in have:
+        conn.execute("ALTER TABLE window_usage ADD COLUMN owner TEXT")
+    run_script(
+        conn,
+        """
+        CREATE TABLE IF NOT EXISTS window_owners (
+            window_id INTEGER NOT NULL REFERENCES windows(id),
+            owner TEXT NOT NULL,
+            share REAL NOT NULL,
+            energy_j REAL,
+            cost_capex_micro INTEGER NOT NULL,
+            cost_energy_micro INTEGER NOT NULL,
+            cost_opex_micro INTEGER NOT NULL,
+            cost_micro INTEGER NOT NULL,
+            provenance TEXT NOT NULL,
+            PRIMARY KEY (window_id, owner)
+        )
+        """,
+    )
+
+
 #: Append only. Each entry moves the schema from version i to i+1.
-MIGRATIONS: list[Migration] = [_m1_initial, _m2_idle_seconds, _m3_outbox_acks, _m4_push_journal, _m5_token_detail]
+MIGRATIONS: list[Migration] = [_m1_initial, _m2_idle_seconds, _m3_outbox_acks, _m4_push_journal, _m5_token_detail,
+                               _m6_window_owners]
 
 
 def open_store(path: str | os.PathLike | None = None, *, readonly: bool = False,
@@ -338,8 +365,18 @@ class Store:
                         f"INSERT INTO window_usage(window_id, {', '.join(_USAGE_COLS)})"
                         f" VALUES (:window_id, {', '.join(':' + k for k in _USAGE_COLS)})",
                         {**u, "window_id": wid})
+                for o in w.get("owners") or ():
+                    c.execute(
+                        f"INSERT INTO window_owners(window_id, {', '.join(_OWNER_COLS)})"
+                        f" VALUES (:window_id, {', '.join(':' + k for k in _OWNER_COLS)})",
+                        {**o, "window_id": wid})
                 _roll_up(c, w, usage)
         return new
+
+    def owners_of(self, window_id: int) -> list[dict[str, Any]]:
+        """A window's split by who used the GPU (agent/attribution.py); [] when it was not split."""
+        return list(self.db.query(
+            "SELECT * FROM window_owners WHERE window_id = ? ORDER BY owner = 'idle', owner", [window_id]))
 
     def token_origins(self) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
         """({source: {model: Counts}}, {source: when read}): the totals the last run committed."""
@@ -502,6 +539,7 @@ class Store:
                     break
                 marks = ",".join("?" * len(ids))
                 c.execute(f"DELETE FROM window_usage WHERE window_id IN ({marks})", ids)
+                c.execute(f"DELETE FROM window_owners WHERE window_id IN ({marks})", ids)
                 c.execute(f"DELETE FROM windows WHERE id IN ({marks})", ids)
             dropped["windows"] += len(ids)
             self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -555,9 +593,11 @@ _WINDOW_DEFAULTS = {"cached_prompt_tokens": 0, "token_source": None, "token_erro
 _USAGE_COLS = (
     "model", "tenant", "prompt_tokens", "completion_tokens", "cost_micro", "cost_prompt_micro",
     "cost_completion_micro", "cost_capex_micro", "cost_energy_micro", "cost_opex_micro", "energy_j",
-    "cached_prompt_tokens", "token_source",
+    "cached_prompt_tokens", "token_source", "owner",
 )
-_USAGE_DEFAULTS = {"cached_prompt_tokens": 0, "token_source": None}
+_USAGE_DEFAULTS = {"cached_prompt_tokens": 0, "token_source": None, "owner": None}
+_OWNER_COLS = ("owner", "share", "energy_j", "cost_capex_micro", "cost_energy_micro", "cost_opex_micro",
+               "cost_micro", "provenance")
 _ROLLUP_SUMS = (
     "windows", "seconds", "energy_j", "util_pct_s", "prompt_tokens", "completion_tokens",
     "cost_capex_micro", "cost_energy_micro", "cost_opex_micro", "cost_micro", "cost_prompt_micro",

@@ -95,6 +95,45 @@ def range_cells(store: Store, lo: float, hi: float, *, bucket: int | None, usage
     return out
 
 
+def owner_cells(store: Store, lo: float, hi: float, *, bucket: int | None, node: str | None = None,
+                device: str | None = None) -> list[dict[str, Any]]:
+    """Whole cells by (node, device, ``t``, owner) for ``--by owner``: a shared GPU's windows by
+    their ``window_owners`` rows (energy and cost apportioned; the time is the window's times the
+    owner's share; the tokens those of the usage rows the owner's token source served), and
+    every other window whole, with owner None. From raw windows: the rollups keep no owners."""
+    where, args = ["w.start >= ?", "w.start < ?"], [lo, hi]
+    for col, v in (("node", node), ("device", device)):
+        if v is not None:
+            where.append(f"w.{col} = ?")
+            args.append(v)
+    t = _bucket_sql("w.start", bucket)
+    cond = " AND ".join(where)
+    tokens = ("(SELECT coalesce(sum(u.{0}), 0) FROM window_usage u WHERE u.window_id = w.id AND u.owner = o.owner)")
+    split = f"""
+        SELECT w.node AS node, w.device AS device, {t} AS t, o.owner AS owner,
+               sum((w.end - w.start) * o.share) AS seconds, sum(coalesce(o.energy_j, 0)) AS energy_j,
+               NULL AS util_pct_s,
+               sum({tokens.format("prompt_tokens")}) AS prompt_tokens,
+               sum({tokens.format("completion_tokens")}) AS completion_tokens,
+               sum(o.cost_capex_micro) AS cost_capex_micro, sum(o.cost_energy_micro) AS cost_energy_micro,
+               sum(o.cost_opex_micro) AS cost_opex_micro, sum(o.cost_micro) AS cost_micro,
+               NULL AS cost_prompt_micro, NULL AS cost_completion_micro,
+               sum(CASE WHEN o.owner = 'idle' THEN o.cost_micro ELSE 0 END) AS idle_cost_micro
+        FROM windows w INDEXED BY windows_start JOIN window_owners o ON o.window_id = w.id
+        WHERE {cond} GROUP BY node, device, t, owner"""
+    whole = {k: v for k, v in _RAW_WHOLE.items() if k not in IDLE_TIME}
+    rest = (f"SELECT w.node AS node, w.device AS device, {t} AS t, NULL AS owner, "
+            f"{', '.join(f'sum({e}) AS {k}' for k, e in whole.items())} FROM windows w INDEXED BY windows_start "
+            f"WHERE {cond} AND NOT EXISTS (SELECT 1 FROM window_owners o WHERE o.window_id = w.id) "
+            f"GROUP BY node, device, t")
+    out: list[dict[str, Any]] = []
+    for sql in (split, rest):
+        cur = store.conn.execute(sql, args)
+        names = [d[0] for d in cur.description]
+        out += [dict(zip(names, r)) for r in cur]
+    return out
+
+
 def _bucket_sql(col: str, size: int | None) -> str:
     return "NULL" if size is None else f"(CAST({col} AS INTEGER) / {size}) * {size}"
 

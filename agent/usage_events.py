@@ -70,6 +70,7 @@ def usage_events(window: dict[str, Any], usage: list[dict[str, Any]], subject: s
         energy = float(u.get("energy_j") or 0.0)
         data = {
             **base, "kind": "tokens", "model": u["model"] or "", "tenant": u["tenant"] or "",
+            "owner": u.get("owner") or "",
             "prompt_tokens": prompt,
             "cached_prompt_tokens": int(u.get("cached_prompt_tokens") or 0),
             "completion_tokens": completion, "tokens": prompt + completion,
@@ -92,7 +93,7 @@ def usage_events(window: dict[str, Any], usage: list[dict[str, Any]], subject: s
     energy_left = round(energy_left, 6) if abs(energy_left) > tolerance else 0.0
     if not out or any(left.values()) or energy_left:
         data = {
-            **base, "kind": "idle", "model": "", "tenant": "",
+            **base, "kind": "idle", "model": "", "tenant": "", "owner": "",
             "prompt_tokens": 0, "cached_prompt_tokens": 0, "completion_tokens": 0, "tokens": 0,
             "energy_j": energy_left,
             "cost_micro": left["cost_micro"], "cost_prompt_micro": 0, "cost_completion_micro": 0,

@@ -68,6 +68,7 @@ class Usage:
     cached_prompt_tokens: int = 0  # of prompt_tokens, those a prefix cache served
     token_source: str | None = None
     error_bound: int = 0
+    owner: str | None = None  # the process owner its tokens came from (``source:<name>``)
 
     def add(self, other: "Usage") -> None:
         self.prompt_tokens += other.prompt_tokens
@@ -77,6 +78,8 @@ class Usage:
         self.decode_s = _add_opt(self.decode_s, other.decode_s)
         self.token_source = worst_token_source(self.token_source, other.token_source)
         self.error_bound += other.error_bound
+        if other.owner is not None and self.owner != other.owner:
+            self.owner = other.owner if self.owner is None else "(several)"
 
 
 def _add_opt(a: float | None, b: float | None) -> float | None:

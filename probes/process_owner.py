@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 from urllib.parse import urlsplit
@@ -94,14 +95,13 @@ class OwnerResolver:
     ports: dict[int, str]
     proc_root: str = "/proc"
     listeners: Callable[[], dict[int, set[int]]] = listening_ports
+    #: A name other than a token source's is looked at again after this long: a server's GPU
+    #: process may hold the GPU before its API server listens.
+    recheck_s: float = 30.0
+    clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
-        self._cache: dict[tuple[int, str], str] = {}
-        self._listening: dict[int, set[int]] | None = None
-
-    def refresh(self) -> None:
-        """Read the listening sockets again (once per round at most)."""
-        self._listening = None
+        self._cache: dict[tuple[int, str], tuple[str, float]] = {}
 
     def _read(self, pid: int, name: str) -> str | None:
         try:
@@ -128,23 +128,24 @@ class OwnerResolver:
 
     def owner(self, pid: int) -> str:
         key = (pid, self._start_time(pid))
-        if key in self._cache:
-            return self._cache[key]
+        hit = self._cache.get(key)
+        now = self.clock()
+        if hit is not None and (hit[0].startswith("source:") or not self.ports or now - hit[1] < self.recheck_s):
+            return hit[0]
         name = self._resolve(pid)
-        self._cache[key] = name
+        self._cache[key] = (name, now)
         if len(self._cache) > 10_000:
             self._cache.pop(next(iter(self._cache)))
         return name
 
     def _resolve(self, pid: int) -> str:
         if self.ports:
-            if self._listening is None:
-                self._listening = self.listeners()
+            listening = self.listeners()
             p: int | None = pid
             for _ in range(16):  # the process, then its ancestors
                 if p is None:
                     break
-                for port in sorted(self._listening.get(p, ())):
+                for port in sorted(listening.get(p, ())):
                     if port in self.ports:
                         return "source:" + self.ports[port]
                 p = self._parent(p)

@@ -38,10 +38,12 @@ from meterd.agent.store_queries import IDLE_TIME
 from meterd.units import DAY, HOUR, J_PER_KWH, WEEK, iso
 from meterd.errors import ReportError
 
-GROUP_KEYS = ("node", "device", "model", "tenant", "hour", "day", "week")
+GROUP_KEYS = ("node", "device", "model", "tenant", "owner", "hour", "day", "week")
 TIME_KEYS = {"hour": HOUR, "day": DAY, "week": WEEK}
 DEFAULT_BY = ("model", "device")
 IDLE = "(idle)"
+#: ``--by owner``: the windows of a device that was not split by process or MIG instance.
+NOT_SPLIT = "(not split)"
 #: Monday 1970-01-05T00:00:00Z: weeks start on Mondays, 00:00 UTC (ISO weeks).
 WEEK_EPOCH = 4 * DAY
 
@@ -161,7 +163,7 @@ def _keyer(by: Sequence[str], idle: Sequence[str] = ()) -> Callable[[Mapping[str
                     raise ReportError(f"the query did not read time buckets for --by {k}")
                 return t - ((t - offset) % size)  # bucket(t, k)
             return time_part
-        missing = IDLE if k in ("model", "tenant") else ""
+        missing = IDLE if k in ("model", "tenant") else NOT_SPLIT if k == "owner" else ""
 
         def value(cell: Mapping[str, Any]) -> Any:
             v = cell.get(k)

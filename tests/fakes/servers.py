@@ -562,3 +562,64 @@ def _triton(models: dict[str, ModelState], omit: set[str]) -> str:
             labels = f'model="{model}",response_metric_type="{kind_label}",version="1"'
             lines += _hist_lines(name, labels, get(m), TRITON_BUCKETS, _num)
     return "\n".join(lines) + "\n"
+
+
+class ServerProcess:
+    """A fake inference server in a process of its own (``python -m tests.fakes.servers``): its
+    own PID listening on its own loopback port, as a real server is, for the tests that match GPU
+    processes to listening ports. It serves ``tokens_per_s`` prompt and half as many completion
+    tokens a second of real time, and exits when stopped or when its parent's pipe closes."""
+
+    def __init__(self, kind: str = "vllm", model: str = "llama-3-8b", tokens_per_s: int = 0) -> None:
+        self.kind, self.model, self.tokens_per_s = kind, model, tokens_per_s
+        self.proc = None
+        self.port = 0
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}" + ("/prometheus/metrics" if self.kind == "trtllm" else "/metrics")
+
+    def __enter__(self) -> "ServerProcess":
+        import subprocess
+        import sys
+        from pathlib import Path
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.fakes.servers", self.kind, self.model, str(self.tokens_per_s)],
+            cwd=Path(__file__).parents[2], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line.strip().isdigit():
+            self.proc.kill()
+            raise RuntimeError(f"the fake {self.kind} server did not start: {line!r}")
+        self.port = int(line)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+        for f in (self.proc.stdin, self.proc.stdout):
+            f.close()
+
+
+def _serve_forever(kind: str, model: str, tokens_per_s: int) -> None:
+    import sys
+    import time
+
+    server = FakeInferenceServer(kind, models=[model]).start()
+    print(server.port, flush=True)
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+    while not stop.wait(0.2):
+        if tokens_per_s:
+            server.add(model, max(1, tokens_per_s // 5), max(1, tokens_per_s // 10))
+    server.stop()
+
+
+if __name__ == "__main__":
+    import sys
+
+    _serve_forever(sys.argv[1], sys.argv[2], int(sys.argv[3]) if len(sys.argv) > 3 else 0)

@@ -94,3 +94,20 @@ def test_listening_ports_sees_a_real_listener():
             assert r.owner(os.getpid()).startswith(("cmd:", "unit:", "container:", "pod:"))
         finally:
             p.kill()
+
+
+def test_a_process_named_by_its_command_is_named_again_once_its_server_listens(tmp_path):
+    _proc(tmp_path, 100, comm="vllm")
+    listening: dict[int, set[int]] = {}
+    now = [0.0]
+    r = OwnerResolver({8000: "vllm-a"}, proc_root=str(tmp_path), listeners=lambda: listening,
+                      clock=lambda: now[0])
+    assert r.owner(100) == "cmd:vllm"  # loading the model, not listening yet
+    listening[100] = {8000}
+    now[0] = 10.0
+    assert r.owner(100) == "cmd:vllm"  # cached for recheck_s
+    now[0] = 31.0
+    assert r.owner(100) == "source:vllm-a"
+    listening.clear()
+    now[0] = 100.0
+    assert r.owner(100) == "source:vllm-a"  # a source's name is kept

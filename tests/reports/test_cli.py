@@ -76,7 +76,7 @@ def test_output_file_and_html(db, tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--by", "month"], "--by month: choose from node, device, model, tenant, hour, day, week"),
+    (["--by", "month"], "--by month: choose from node, device, model, tenant, owner, hour, day, week"),
     (["--since", "yesterday"], "'yesterday' is not a time"),
     (["--since", "2026-11-24", "--until", "2026-11-23"], "--since must be before --until"),
     (["--since", "2027-01-01"], "no windows from 2027-01-01T00:00:00Z until now"),
