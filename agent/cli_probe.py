@@ -10,7 +10,7 @@ import json
 import click
 import httpx
 
-from meterd.probes.prometheus_servers import KINDS, GenericMetrics
+from meterd.probes.prometheus_servers import KINDS, PLACEHOLDER_MODELS, GenericMetrics
 from meterd.probes.tokens import DEFAULT_TIMEOUT_S, TokenSource
 
 
@@ -40,8 +40,10 @@ def tokens(url: str, kind: str, model: str | None, prompt_metric: str | None, co
     """What one scrape of an inference server's metrics shows, per model.
 
     URL is the server's Prometheus endpoint; host:port alone means http://host:port/metrics
-    (/prometheus/metrics for trtllm-serve). Shows cumulative prompt and completion tokens,
-    and prefill and decode seconds where the server reports them.
+    (/prometheus/metrics for trtllm-serve). Shows cumulative prompt tokens (every prompt token,
+    cached or not), the cached part, completion tokens, prefill and decode seconds where the
+    server reports them, and where the counts come from (counter, histogram, rounded). Warns
+    when the server names its model with a placeholder ("undefined", "default").
     """
     generic = None
     if kind == "generic":
@@ -59,7 +61,18 @@ def tokens(url: str, kind: str, model: str | None, prompt_metric: str | None, co
         totals = source.read(client)
 
     rows = [{"model": m, "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-             "prefill_s": c.prefill_s, "decode_s": c.decode_s} for m, c in totals.models.items()]
+             "cached_prompt_tokens": c.cached_tokens, "prefill_s": c.prefill_s, "decode_s": c.decode_s,
+             "token_source": c.provenance, "error_bound": c.error_bound} for m, c in totals.models.items()]
+    placeholders = sorted(m for m in totals.models if m in PLACEHOLDER_MODELS)
+    if placeholders and not model:
+        click.echo(f"warning: {source.url} names its model {placeholders[0]!r}, a placeholder: give the model's "
+                   f"name with --model NAME (in the agent: model = in the source, or --source KIND=URL,model=NAME)",
+                   err=True)
+    rounded = [r["model"] for r in rows if r["token_source"] == "rounded"]
+    if rounded:
+        click.echo(f"warning: {source.url} prints counters with fewer digits than they have (model "
+                   f"{rounded[0]!r}: off by up to {rows[[r['model'] for r in rows].index(rounded[0])]['error_bound']:,} "
+                   f"tokens): the agent marks such counts rounded", err=True)
     if as_json:
         click.echo(json.dumps({"kind": totals.kind, "models": rows}))
         return
@@ -67,9 +80,12 @@ def tokens(url: str, kind: str, model: str | None, prompt_metric: str | None, co
     if not rows:
         click.echo("no model has served a request yet")
         return
-    header = ("model", "prompt_tokens", "completion_tokens", "prefill_s", "decode_s")
-    cells = [header] + [(r["model"], f"{r['prompt_tokens']:,}", f"{r['completion_tokens']:,}",
-                         _seconds(r["prefill_s"]), _seconds(r["decode_s"])) for r in rows]
+    header = ("model", "prompt_tokens", "cached", "completion_tokens", "prefill_s", "decode_s", "source")
+    cells = [header] + [(r["model"], f"{r['prompt_tokens']:,}",
+                         "-" if r["cached_prompt_tokens"] is None else f"{r['cached_prompt_tokens']:,}",
+                         f"{r['completion_tokens']:,}", _seconds(r["prefill_s"]), _seconds(r["decode_s"]),
+                         r["token_source"] + (f" ±{r['error_bound']:,}" if r["error_bound"] else ""))
+                        for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     for row in cells:
         click.echo("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))

@@ -24,9 +24,15 @@ def _loaded(srv: FakeInferenceServer) -> FakeInferenceServer:
     return srv
 
 
+CACHED_KINDS = ("vllm", "sglang", "llamacpp", "trtllm", "dynamo")
+HISTOGRAM_KINDS = ("tgi", "triton", "dynamo")
+
+
 def _expected_models(srv: FakeInferenceServer, model_name=None, seconds=True):
     return [{"model": model_name or m, "prompt_tokens": p, "completion_tokens": c,
-             "prefill_s": 0.75 if seconds else None, "decode_s": 3.0 if seconds else None}
+             "cached_prompt_tokens": 0 if srv.kind in CACHED_KINDS else None,
+             "prefill_s": 0.75 if seconds else None, "decode_s": 3.0 if seconds else None,
+             "token_source": "histogram" if srv.kind in HISTOGRAM_KINDS else "counter", "error_bound": 0}
             for m, (p, c) in sorted(srv.totals().items())]
 
 
@@ -35,7 +41,7 @@ def test_auto_names_the_kind_and_prints_the_right_totals(kind):
     with _loaded(FakeInferenceServer(kind)).start() as srv:
         r = run(srv.url, "--json")
     assert r.exit_code == 0, r.output
-    doc = json.loads(r.output)
+    doc = json.loads(r.stdout)
     assert doc == {"kind": kind,
                    "models": _expected_models(srv, seconds=kind not in ("sglang", "triton", "dynamo"))}
 
@@ -44,22 +50,24 @@ def test_auto_names_the_kind_and_prints_the_right_totals(kind):
 def test_an_explicit_kind_gives_the_same(kind):
     with _loaded(FakeInferenceServer(kind)).start() as srv:
         auto, named = run(srv.url, "--json"), run(srv.url, "--json", "--kind", kind)
-    assert json.loads(named.output) == json.loads(auto.output)
+    assert json.loads(named.stdout) == json.loads(auto.stdout)
 
 
 def test_json_types_are_exactly_the_documented_ones():
     with _loaded(FakeInferenceServer("vllm")).start() as srv:
-        doc = json.loads(run(srv.url, "--json").output)
+        doc = json.loads(run(srv.url, "--json").stdout)
     assert set(doc) == {"kind", "models"}
     for m in doc["models"]:
-        assert set(m) == {"model", "prompt_tokens", "completion_tokens", "prefill_s", "decode_s"}
+        assert set(m) == {"model", "prompt_tokens", "completion_tokens", "cached_prompt_tokens", "prefill_s",
+                          "decode_s", "token_source", "error_bound"}
+        assert type(m["cached_prompt_tokens"]) is int and m["token_source"] == "counter"
         assert type(m["prompt_tokens"]) is int and type(m["completion_tokens"]) is int
         assert type(m["prefill_s"]) is float and type(m["decode_s"]) is float
 
 
 def test_one_model_server_takes_the_model_option():
     with _loaded(FakeInferenceServer("llamacpp")).start() as srv:
-        doc = json.loads(run(srv.url, "--json", "--model", "qwen2.5-7b-instruct").output)
+        doc = json.loads(run(srv.url, "--json", "--model", "qwen2.5-7b-instruct").stdout)
     assert [m["model"] for m in doc["models"]] == ["qwen2.5-7b-instruct"]
 
 
@@ -70,7 +78,7 @@ def test_generic_with_named_metrics():
                 "--model-label", GENERIC["model_label"], "--prefill-metric", GENERIC["prefill_metric"],
                 "--decode-metric", GENERIC["decode_metric"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output) == {"kind": "generic", "models": _expected_models(srv)}
+    assert json.loads(r.stdout) == {"kind": "generic", "models": _expected_models(srv)}
 
 
 def test_generic_needs_its_metric_names_and_others_refuse_them():
@@ -86,15 +94,16 @@ def test_the_table_for_people():
     assert r.exit_code == 0, r.output
     lines = r.output.splitlines()
     assert lines[0] == f"vllm at {srv.url}"
-    assert lines[1].split() == ["model", "prompt_tokens", "completion_tokens", "prefill_s", "decode_s"]
-    assert lines[2].split() == ["llama-3-8b", "1,024", "208", "0.750", "3.000"]
-    assert lines[3].split() == ["mistral-7b", "1,025", "209", "0.750", "3.000"]
+    assert lines[1].split() == ["model", "prompt_tokens", "cached", "completion_tokens", "prefill_s", "decode_s",
+                                "source"]
+    assert lines[2].split() == ["llama-3-8b", "1,024", "0", "208", "0.750", "3.000", "counter"]
+    assert lines[3].split() == ["mistral-7b", "1,025", "0", "209", "0.750", "3.000", "counter"]
 
 
 def test_dashes_where_the_server_reports_no_seconds():
     with _loaded(FakeInferenceServer("triton")).start() as srv:
         r = run(srv.url)
-    assert r.output.splitlines()[2].split()[-2:] == ["-", "-"]
+    assert r.output.splitlines()[2].split()[-3:-1] == ["-", "-"]
 
 
 def _free_port() -> int:
@@ -149,3 +158,20 @@ def test_a_url_that_cannot_be_scraped(url, words):
 def test_help():
     r = CliRunner().invoke(main, ["probe", "tokens", "--help"])
     assert r.exit_code == 0 and "--kind" in r.output and "auto" in r.output
+
+
+def test_a_placeholder_model_name_is_warned_about_and_a_rounded_count_too():
+    fake = FakeInferenceServer("trtllm", ["undefined"])
+    fake.add("undefined", 12, 3)
+    with fake.start() as srv:
+        r = run(srv.url, "--json")
+        named = run(srv.url, "--json", "--model", "llama-3.1-8b")
+    assert r.exit_code == 0 and "warning:" in r.stderr and "'undefined', a placeholder" in r.stderr
+    assert json.loads(r.stdout)["models"][0]["model"] == "undefined"
+    assert "warning" not in named.stderr and json.loads(named.stdout)["models"][0]["model"] == "llama-3.1-8b"
+    big = FakeInferenceServer("llamacpp")
+    big.add("default", 2_345_678, 10)
+    with big.start() as srv:
+        r = run(srv.url, "--model", "gemma-3-270m")
+    # 2.34568e+06: the last printed digit is the tens, so +-5 tokens
+    assert r.exit_code == 0 and "rounded ±5" in r.stdout and "fewer digits" in r.stderr
