@@ -134,6 +134,82 @@ def baseline_rows(batches: list[list[dict]]) -> list[tuple[list, list, list]]:
     return out
 
 
+def pg_rows(batches: list[list[dict]]):
+    """The rows the PostgreSQL store writes: events with the id's millisecond, windows with the
+    event id and arrival time, usage rows with their place in the event."""
+    out, seq = [], 0
+    all_parsed = []
+    for b in batches:
+        parsed = check_batch(b)[0]
+        all_parsed += parsed
+        numbered = list(enumerate(parsed, start=seq + 1))
+        windows, usage = child_rows(numbered)
+        ev = [(n, p.source, p.id, p.key_ms, 0.0, p.raw) for n, p in numbered]
+        windows = [(*w, p.id, 0.0) for (_, p), w in zip(numbered, windows)]
+        ords, last, k = [], None, 0
+        for u in usage:
+            k = k + 1 if u[0] == last else 0
+            last = u[0]
+            ords.append((*u, k))
+        out.append((ev, windows, ords))
+        seq += len(parsed)
+    return out, all_parsed
+
+
+def pg_sides(url: str, batches, bodies, n):
+    """(raw COPY, collector) for PostgreSQL, each on a database of its own made for the run."""
+    import psycopg
+
+    from meterd.collector.pgstore import PG_USAGE_COLS, PG_WINDOW_COLS, PostgresStore
+
+    rows, parsed = pg_rows(batches)
+
+    def fresh_db() -> str:
+        name = f"meterd_bench_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(url, autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{name}"')
+        made.append(name)
+        return url.rsplit("/", 1)[0] + "/" + name
+
+    def raw(tmp: Path) -> float:
+        db = fresh_db()
+        store = PostgresStore(db)  # the same schema, the same partitions
+        store._ensure_partitions(parsed)
+        store.close()
+        cols = {"events": "seq, source, id, key_ms, received_at, raw",
+                "windows": ", ".join(f'"{c}"' for c in PG_WINDOW_COLS), "usage": ", ".join(PG_USAGE_COLS)}
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute("SET search_path = meterd")
+            assert conn.execute("SHOW synchronous_commit").fetchone()[0] != "off"
+            t = time.perf_counter()
+            for batch in rows:
+                with conn.transaction(), conn.cursor() as cur:
+                    for table, r in zip(("events", "windows", "usage"), batch):
+                        with cur.copy(f"COPY {table} ({cols[table]}) FROM STDIN") as copy:
+                            for row in r:
+                                copy.write_row(row)
+            elapsed = time.perf_counter() - t
+        return sum(len(b[0]) for b in rows) / elapsed
+
+    def collector(tmp: Path) -> tuple[float, float]:
+        db = fresh_db()
+        store = PostgresStore(db)
+        try:
+            token = create_token(store, "bench-node")
+        finally:
+            store.close()
+        return bench_collector(db, bodies, n, token)
+
+    made: list[str] = []
+
+    def drop_all() -> None:
+        with psycopg.connect(url, autocommit=True) as c:
+            for name in made:
+                c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return raw, collector, drop_all
+
+
 def sqlite_collector(tmp: Path, bodies, n) -> tuple[float, float]:
     db = tmp / "collector.db"
     store = SQLiteStore(db)
@@ -170,12 +246,28 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=20_000)
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--pg", default=os.environ.get("METERD_TEST_PG_URL"), metavar="URL",
+                    help="also bench PostgreSQL on this server (a database per run, dropped after); "
+                         "default $METERD_TEST_PG_URL")
     args = ap.parse_args()
     events = make_events(args.events)
     batches = [events[i:i + args.batch] for i in range(0, len(events), args.batch)]
     bodies = [json.dumps(b).encode() for b in batches]
     rows = baseline_rows(batches)
     sides = {"sqlite": (lambda tmp: sqlite_raw(tmp, rows), lambda tmp: sqlite_collector(tmp, bodies, args.events))}
+    cleanup = []
+    if args.pg:
+        raw_pg, coll_pg, drop = pg_sides(args.pg, batches, bodies, args.events)
+        sides["postgresql"] = (raw_pg, coll_pg)
+        cleanup.append(drop)
+    try:
+        report(args, sides, bodies, len(events))
+    finally:
+        for drop in cleanup:
+            drop()
+
+
+def report(args, sides, bodies, n_events) -> None:
     runs: dict[str, list[tuple[float, float, float]]] = {k: [] for k in sides}
     for i in range(args.repeat):
         for name, (raw_fn, coll_fn) in sides.items():
@@ -186,7 +278,7 @@ def main() -> None:
             print(f"run {i + 1} {name}: raw {raw:,.0f}/s, collector {accepted:,.0f}/s "
                   f"({accepted / raw:.2f}x), resend {dups:,.0f}/s", flush=True)
     print(f"\nevents: {args.events} in batches of {args.batch} "
-          f"({sum(map(len, bodies)) / len(events):.0f} bytes/event on the wire); {args.repeat} interleaved runs")
+          f"({sum(map(len, bodies)) / n_events:.0f} bytes/event on the wire); {args.repeat} interleaved runs")
     baseline = {"sqlite": "raw SQLite executemany (WAL, FULL, 1 txn/batch)",
                 "postgresql": "raw PostgreSQL COPY (synchronous_commit on, 1 txn/batch)"}
     for name, rs in runs.items():

@@ -18,15 +18,17 @@ fixed by the id, so the key is as strict as (source, id).
 
 Migrations are versioned (``meterd.schema_version``) and run in one transaction under an advisory
 lock by the first replica that starts; one that starts at the same time waits, then finds them
-done. Durability: the store makes sure ``synchronous_commit`` is not ``off`` for its sessions,
+done. A batch's events COPY into a per-session temporary table, then move into ``events`` with one
+INSERT ... SELECT ... ON CONFLICT DO NOTHING RETURNING; windows and usage rows COPY straight in. Durability: the store makes sure ``synchronous_commit`` is not ``off`` for its sessions,
 so an acknowledged batch is on the server's disk (docs/collector-api.md).
 """
 
 from __future__ import annotations
 
 import calendar
+import contextlib
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 try:
     import psycopg
@@ -114,9 +116,15 @@ MIGRATIONS: list[list[str]] = [[
     "name text NOT NULL, secret_sha256 text NOT NULL, created_at double precision NOT NULL)",
 ]]
 
+# A batch's events COPY into a session's temporary table (emptied at each commit), then move with
+# one INSERT ... SELECT: COPY is the fast way in, and the INSERT is where the unique key decides.
+_INCOMING = ("CREATE TEMPORARY TABLE IF NOT EXISTS incoming (n integer NOT NULL, source text NOT NULL, "
+             "id text NOT NULL, key_ms bigint NOT NULL, received_at double precision NOT NULL, "
+             "raw text NOT NULL) ON COMMIT DELETE ROWS")
+_COPY_INCOMING = "COPY incoming (n, source, id, key_ms, received_at, raw) FROM STDIN"
 _INSERT_EVENTS = (
     "INSERT INTO events (source, id, key_ms, received_at, raw) "
-    "SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::double precision[], %s::text[]) "
+    "SELECT source, id, key_ms, received_at, raw FROM incoming ORDER BY n "
     "ON CONFLICT (source, id, key_ms) DO NOTHING RETURNING seq, source, id"
 )
 _COPY_WINDOWS = f"COPY windows ({', '.join(f'{chr(34)}{c}{chr(34)}' for c in PG_WINDOW_COLS)}) FROM STDIN"
@@ -135,6 +143,19 @@ def _month_start(year: int, month: int) -> int:
 
 def _next_month(year: int, month: int) -> tuple[int, int]:
     return (year + 1, 1) if month == 12 else (year, month + 1)
+
+
+@contextlib.contextmanager
+def _holding(conn: psycopg.Connection, key: int) -> Iterator[None]:
+    """A session advisory lock, taken before the transaction that needs it begins: a transaction
+    begun while waiting would keep catalog caches from before the other holder's commit (and,
+    say, not see the schema it made: CREATE SCHEMA IF NOT EXISTS would then fail)."""
+    conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
 
 class PostgresStore(SQLStore):
@@ -172,6 +193,7 @@ class PostgresStore(SQLStore):
     @staticmethod
     def _configure(conn: psycopg.Connection) -> None:
         conn.execute(f"SET search_path = {SCHEMA}")
+        conn.execute(_INCOMING)
         if conn.execute("SHOW synchronous_commit").fetchone()[0] == "off":
             conn.execute("SET synchronous_commit = on")  # an acknowledged batch is on disk
 
@@ -193,8 +215,7 @@ class PostgresStore(SQLStore):
                                                                     else "run `meter collector serve` to migrate it"))
 
     def _migrate(self) -> None:
-        with self.pool.connection() as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+        with self.pool.connection() as conn, _holding(conn, MIGRATE_LOCK), conn.transaction():
             conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
             conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version integer PRIMARY KEY, "
                          "applied_at timestamptz NOT NULL DEFAULT now())")
@@ -243,10 +264,11 @@ class PostgresStore(SQLStore):
         raise AssertionError("unreachable")
 
     def _ingest_once(self, ordered: list[tuple[tuple[str, str], Parsed]], now: float) -> int:
-        ps = [p for _, p in ordered]
         with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
-            cur.execute(_INSERT_EVENTS, ([p.source for p in ps], [p.id for p in ps], [p.key_ms for p in ps],
-                                         [now] * len(ps), [p.raw for p in ps]))
+            with cur.copy(_COPY_INCOMING) as copy:
+                for n, (_, p) in enumerate(ordered):
+                    copy.write_row((n, p.source, p.id, p.key_ms, now, p.raw))
+            cur.execute(_INSERT_EVENTS)
             seqs = {(source, id_): seq for seq, source, id_ in cur.fetchall()}
             new = [(seqs[k], p) for k, p in ordered if k in seqs]
             windows, usage = child_rows(new)
@@ -272,8 +294,7 @@ class PostgresStore(SQLStore):
         need = sorted(m for m in months - self._months if FIRST_YEAR <= m[0] <= LAST_YEAR)
         if not need:
             return
-        with self.pool.connection() as conn, conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (PARTITION_LOCK,))
+        with self.pool.connection() as conn, _holding(conn, PARTITION_LOCK), conn.transaction():
             for year, month in need:
                 suffix = f"y{year:04d}m{month:02d}"
                 if conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.events_{suffix}",)).fetchone()[0] is None:
