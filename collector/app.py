@@ -24,8 +24,8 @@ from meterd.agent.events import BATCH_CONTENT_TYPE
 from meterd.units import iso
 from meterd.collector.auth import Principal, authenticate
 from meterd.collector.export import parse_bound, ratios
-from meterd.collector.store import GROUP_KEYS, CollectorStore, Query
-from meterd.collector.validation import MalformedJSON, WrongShape, check_body
+from meterd.collector.store import GROUP_KEYS, CollectorStore, IngestResult, Query
+from meterd.collector.validation import Checked, MalformedJSON, WrongShape, check_body
 
 SINGLE_CONTENT_TYPE = "application/cloudevents+json"
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
@@ -77,9 +77,15 @@ def create_app(store: CollectorStore, *, max_body_bytes: int = DEFAULT_MAX_BODY_
                                 f"{SINGLE_CONTENT_TYPE} (one event), not {ctype or 'none'}")
         body = await read_body(request)
         single = ctype == SINGLE_CONTENT_TYPE
+
+        def check_and_store() -> tuple[Checked, IngestResult | None]:  # one trip to the thread pool
+            checked = check_body(body, node=who.name, single=single, max_errors=max_errors)
+            if checked.foreign or checked.errors:
+                return checked, None
+            return checked, store.ingest(checked.parsed)
+
         try:
-            checked = await run_in_threadpool(check_body, body, node=who.name, single=single,
-                                              max_errors=max_errors)
+            checked, result = await run_in_threadpool(check_and_store)
         except MalformedJSON as e:
             raise _Refused(400, "malformed JSON", detail=str(e)) from None
         except WrongShape as e:
@@ -89,7 +95,7 @@ def create_app(store: CollectorStore, *, max_body_bytes: int = DEFAULT_MAX_BODY_
         if checked.errors:
             raise _Refused(400, "invalid events; nothing was stored", received=checked.received,
                            errors=checked.errors)
-        result = await run_in_threadpool(store.ingest, checked.parsed)
+        assert result is not None
         return _reply(200, {"received": checked.received, "accepted": result.accepted,
                             "duplicates": result.duplicates})
 

@@ -19,6 +19,7 @@ Tables:
 from __future__ import annotations
 
 import abc
+import operator
 import os
 import re
 import sqlite3
@@ -459,13 +460,18 @@ def event_rows(parsed: Iterable[Parsed], received_at: float) -> list[tuple]:
 def child_rows(numbered: Iterable[tuple[int, Parsed]]) -> tuple[list[tuple], list[tuple]]:
     """(windows, usage) rows (``_WINDOW_COLS``, ``_USAGE_COLS``) of events stored under ``seq``."""
     windows, usage = [], []
+    window_values, usage_values = _WINDOW_VALUES, _USAGE_VALUES
     for seq, p in numbered:
         w = p.window
-        windows.append((seq, *(w[c] for c in _WINDOW_COLS[1:])))
+        windows.append((seq, *window_values(w)))
         head = (seq, w["node"], w["device"], w["start"], w["currency"])
         for u in p.usage:
-            usage.append((*head, *(u[c] for c in _USAGE_COLS[5:])))
+            usage.append((*head, *usage_values(u)))
     return windows, usage
+
+
+_WINDOW_VALUES = operator.itemgetter(*_WINDOW_COLS[1:])
+_USAGE_VALUES = operator.itemgetter(*_USAGE_COLS[5:])
 
 
 def _multirow(table: str, cols: Sequence[str], rows: list[tuple], per_statement: int,
