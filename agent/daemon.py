@@ -62,7 +62,10 @@ MAX_HELD_SAMPLES = 100_000  # raw samples kept in memory while the store refuses
 # Changing these needs a restart; a reload keeps the running values and says so.
 RESTART_KEYS = ("node", "store", "interval_s", "window_s", "push_listen", "metrics_listen", "store_budget_mb", "ship_backoff_cap_s",
                 "store_max_pending_windows",
-                "ship_url", "ship_token_file", "ship_allow_insecure")
+                "ship_url", "ship_token_file", "ship_allow_insecure",
+                # the shipper's sink is built once, at start
+                "ship_sink", "ship_subject", "ship_window_events", "ship_rate_per_s", "ship_metrics",
+                "ship_subscriptions", "ship_customers")
 
 
 class PushUsage(Protocol):

@@ -80,3 +80,28 @@ def test_outbox_names_the_sink(tmp_path):
     assert "sink: lago at https://api.getlago.com/api/v1/events/batch" in r.output, r.output
     doc = json.loads(CliRunner().invoke(main, ["outbox", "--db", str(db), "--json"]).output)
     assert doc["sink"] == "lago" and doc["url"].endswith("/api/v1/events/batch")
+
+
+def test_a_reload_that_changes_the_sink_says_it_needs_a_restart(no_nvml, tmp_path, caplog):
+    import dataclasses
+    import logging
+
+    from meterd.agent.config import default_config
+    from meterd.agent.daemon import Agent
+    from meterd.probes.devices import get_devices
+
+    running = default_config(node="n", window_s=1, interval_s=0.5)
+    new = dataclasses.replace(running, ship_sink="lago", ship_subscriptions={"t": "sub_t"},
+                              ship_metrics={"prompt_tokens": "p"})
+    node = get_devices()
+    store = Store(tmp_path / "m.db")
+    try:
+        agent = Agent(running, store, node, reload_config=lambda: new)
+        agent.request_reload()
+        with caplog.at_level(logging.WARNING):
+            agent._maybe_reload()
+        assert agent._pending.ship_sink == "meterd" and agent._pending.ship_metrics == {}
+        assert "ship_metrics, ship_sink, ship_subscriptions changed; these take effect after a restart" in caplog.text
+    finally:
+        node.close()
+        store.close()

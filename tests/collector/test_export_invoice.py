@@ -13,7 +13,7 @@ from meterd.agent.events import window_event
 from meterd.agent.store import Store
 from meterd.agent.usage_events import usage_events
 from meterd.collector.export import INVOICE_COLUMNS, parse_by
-from meterd.collector.store import SQLiteStore
+from meterd.collector.store import open_store
 from meterd.collector.validation import check_batch
 from tests.agent.billing_seed import seed
 
@@ -21,17 +21,18 @@ T0 = 1_800_000_000.0  # 2027-01-15
 
 
 @pytest.fixture
-def stores(tmp_path):
+def stores(tmp_path, db):
+    """The agent's windows, ingested by a collector on each backend (SQLite, PostgreSQL)."""
     agent = Store(tmp_path / "agent.db")
     seed(agent, 30, T0)
     windows = [(w, agent.usage_of(w["id"])) for w in agent.windows()]
     agent.close()
-    collector = SQLiteStore(tmp_path / "collector.db")
+    collector = open_store(db)
     parsed, errors = check_batch([window_event(w, u) for w, u in windows])
     assert errors == []
     collector.ingest(parsed)
     collector.close()
-    return tmp_path / "collector.db", windows
+    return db, windows
 
 
 def export(db, *args):
