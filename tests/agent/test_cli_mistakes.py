@@ -244,3 +244,11 @@ def test_read_commands_on_a_store_owned_by_another_user(tmp_path):
         assert after == before
     finally:
         shutil.rmtree(d)
+
+
+def test_collector_client_ca_needs_a_certificate(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not used\n")
+    one_line(invoke("collector", "serve", "--db", str(tmp_path / "c.db"), "--client-ca", str(ca)),
+             "--client-ca needs --certfile and --keyfile", code=2)
+    assert not (tmp_path / "c.db").exists()
