@@ -78,7 +78,7 @@ def test_a_batch_lago_stored_but_answered_500_is_delivered_on_retry_not_quaranti
         held = lago.created
         assert held > 0
         o = s.ship_once()  # the retry: every event answered value_already_exist
-        assert o.acked == held and o.quarantined == 0
+        assert o.acked == held and o.quarantined == 0 and lago.already_held == held
         drain(s)
     finally:
         s.close()

@@ -224,6 +224,7 @@ class FakeLago(_Fake):
     def __init__(self, token: str = "lago_key") -> None:
         self.events: dict[tuple[str, str], dict[str, Any]] = {}  # (subscription, transaction_id) -> event
         self.created = 0  # events stored as new
+        self.already_held = 0  # events answered value_already_exist
         super().__init__(token)
 
     def unauthorized(self):
@@ -271,6 +272,7 @@ class FakeLago(_Fake):
             key = (ev.get("external_subscription_id"), ev.get("transaction_id"))
             if not e and key in self.events:
                 e["transaction_id"] = ["value_already_exist"]
+                self.already_held += 1
             if e:
                 errors[str(i)] = e
             rows.append((key, {**ev, "timestamp": ts, "lago_id": str(uuid.uuid4())}))
