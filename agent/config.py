@@ -59,7 +59,7 @@ class Prices:
 @dataclass(frozen=True)
 class SourceConfig:
     kind: str
-    url: str | None = None  # None for kind "push"
+    url: str | None = None  # None for kinds "push" and "discover" (servers found on their own)
     name: str = ""
     devices: tuple[str, ...] = ("all",)
     model: str | None = None  # for servers that serve one unnamed model (TGI)
@@ -423,10 +423,12 @@ def _source(i: int, s: Any) -> SourceConfig:
     s = _table(key, s)
     _check_keys(key, s, dict.fromkeys(_SOURCE_KEYS))
     kind = s.get("kind")
-    if kind not in (*SOURCE_KINDS, "push"):
-        raise ConfigError(f"{key}.kind: expected one of {', '.join((*SOURCE_KINDS, 'push'))}, got {kind!r}")
+    if kind not in (*SOURCE_KINDS, "push", "discover"):
+        raise ConfigError(f"{key}.kind: expected one of {', '.join((*SOURCE_KINDS, 'push', 'discover'))}, got {kind!r}")
     url = s.get("url")
-    if kind != "push":
+    if kind == "discover" and url is not None:
+        raise ConfigError(f"{key}.url: kind \"discover\" finds its servers itself (no url)")
+    if kind not in ("push", "discover"):
         url = _string(f"{key}.url", url)
         if not re.match(r"https?://", url):
             raise ConfigError(f"{key}.url: expected an http:// or https:// URL, got {url!r}")

@@ -48,6 +48,7 @@ from meterd.agent.windows import Usage, Window, WindowBuilder, split_evenly
 from meterd.probes.counters import CounterTracker, Gap, Totals
 from meterd.probes.device import Device
 from meterd.probes.devices import Node
+from meterd.probes.discovery import Discoverer, gpu_processes
 from meterd.probes.process_owner import OwnerResolver, source_ports
 from meterd.probes.prometheus_servers import GenericMetrics
 from meterd.probes.readings import DeviceSample
@@ -56,6 +57,7 @@ from meterd.probes.tokens import TokenSource
 log = logging.getLogger(__name__)
 
 SAMPLES_PRUNE_EVERY_S = 3600.0
+DISCOVER_EVERY_S = 30.0  # how often [[sources]] kind = "discover" looks for servers again
 BUDGET_CHECK_EVERY_S = 60.0
 SAMPLES_FLUSH_EVERY_S = 10.0  # raw samples are not billed: batch them to spare fsyncs
 MAX_HELD_SAMPLES = 100_000  # raw samples kept in memory while the store refuses writes
@@ -166,6 +168,8 @@ class Agent:
         self.shares = node_shares(node.devices)
         self._set_sources(config)
         self.sharing = GpuSharing(node.devices, OwnerResolver(self._source_ports()))
+        self.discoverer = Discoverer()
+        self._next_discover = clocks.mono()
         self.max_gap_s = max(3 * config.interval_s, config.interval_s + 2.0)
         self.builders: dict[str, WindowBuilder] = {}
         self.config_hash = config.hash()
@@ -190,7 +194,7 @@ class Agent:
         before = {src.key: src.url for src, _ in getattr(self, "sources", ())}
         self.sources = []
         for s in config.sources:
-            if s.kind == "push":
+            if s.kind in ("push", "discover"):
                 continue
             targets = resolve_devices(s.devices, self.node.devices)
             if not targets:
@@ -203,10 +207,33 @@ class Agent:
             if after.get(key) != url:
                 self.tracker.forget(key)
                 log.info("token source %s removed: its counters are forgotten", key)
+        self.discover = any(s.kind == "discover" for s in config.sources)
+        if not self.discover or not hasattr(self, "_discovered"):
+            self._discovered: dict[str, tuple[TokenSource, list[str]]] = {}
+        self.sources += list(getattr(self, "_discovered", {}).values())
         if hasattr(self, "sharing"):
             self.sharing.resolver.ports = self._source_ports()
         push_cfg = [s for s in config.sources if s.kind == "push"]
         self.push_targets = resolve_devices(push_cfg[0].devices if push_cfg else ("all",), self.node.devices)
+
+    def _discover_now(self) -> None:
+        """``[[sources]] kind = "discover"``: the servers behind the GPUs' processes, each
+        metered with the GPUs it holds; one that went away stops being scraped (its counters
+        forgotten), one that appeared starts (its first scrape a baseline)."""
+        self._next_discover = self.clocks.mono() + DISCOVER_EVERY_S
+        found = {f.name: f for f in self.discoverer.discover(gpu_processes(self.node.devices), self.http)}
+        changed = False
+        for name in list(self._discovered.keys() - found.keys()):
+            del self._discovered[name]
+            changed = True
+        for name, f in found.items():
+            old = self._discovered.get(name)
+            if old is None or old[0].url != f.url or old[1] != list(f.devices):
+                cfg = SourceConfig(kind=f.kind, url=f.url, name=f.name, devices=f.devices)
+                self._discovered[name] = (token_source(cfg, self.config.interval_s), list(f.devices))
+                changed = True
+        if changed:  # the configured sources, then the discovered ones; a gone one is forgotten
+            self._set_sources(self.config)
 
     def _source_ports(self) -> dict[int, str]:
         """The ports token sources are scraped on: a GPU process listening on one is that source's."""
@@ -346,6 +373,8 @@ class Agent:
     # -- one round ------------------------------------------------------------------------------
 
     def round(self, tick) -> None:
+        if self.discover and self.clocks.mono() >= self._next_discover:
+            self._discover_now()
         probes: dict[str, Callable[[], Any]] = {
             f"device:{d}": (lambda dev=dev: dev.sample(detail=False)) for d, dev in self.devices.items()}
         for src, _ in self.sources:
