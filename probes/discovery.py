@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -82,45 +83,71 @@ def _parent(proc_root: str, pid: int) -> int | None:
 
 
 class Discoverer:
-    """Finds the servers behind the GPUs' processes; :meth:`discover` each time the agent looks."""
+    """Finds the servers behind the GPUs' processes; :meth:`discover` each time the agent looks.
+
+    For each GPU process, the process itself, then its parent, and so on up to
+    ``MAX_LEVELS``: the first of them with a listening port that serves a known server's metrics
+    is its server (a vLLM engine's own NCCL or torch.distributed ports are not; its API server,
+    the parent, is). A port that served no known metrics is not asked again for ``retry_s``."""
+
+    MAX_LEVELS = 4
 
     def __init__(self, sockets: Callable[[], dict[int, set[tuple[str, int]]]] = listening_sockets,
-                 proc_root: str = "/proc", timeout_s: float = 0.5) -> None:
+                 proc_root: str = "/proc", timeout_s: float = 1.0, retry_s: float = 300.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.sockets, self.proc_root, self.timeout_s = sockets, proc_root, timeout_s
+        self.retry_s, self.clock = retry_s, clock
         self.known: dict[str, Found] = {}
+        self._not_servers: dict[tuple[int, str], float] = {}  # (pid, url) -> when it served nothing known
 
-    def candidates(self, gpu_pids: dict[int, Iterable[str]]) -> dict[str, tuple[set[str], set[int]]]:
-        """{loopback URL: (GPU ids, PIDs)} of every port a GPU process or one of its ancestors
-        listens on."""
+    def _probe(self, pid: int, url: str, client) -> str | None:
+        """The server kind at ``url`` (``auto``), or None."""
+        key = (pid, url)
+        at = self._not_servers.get(key)
+        if at is not None and self.clock() - at < self.retry_s:
+            return None
+        result = TokenSource(url, kind="auto", timeout_s=self.timeout_s).scrape(client)
+        if isinstance(result, Totals):
+            self._not_servers.pop(key, None)
+            return result.kind
+        self._not_servers[key] = self.clock()
+        return None
+
+    def discover(self, gpu_pids: dict[int, Iterable[str]], client) -> list[Found]:
+        """The servers found now (scraped once each, recognised by ``auto``), by name; each that
+        appeared or went away since the last call is logged once."""
         listening = self.sockets()
-        out: dict[str, tuple[set[str], set[int]]] = {}
+        by_url: dict[str, tuple[str, set[str], set[int]]] = {}
+        kinds: dict[str, str | None] = {}
         for pid, devices in gpu_pids.items():
             p: int | None = pid
-            for _ in range(16):
+            for _ in range(self.MAX_LEVELS):
                 if p is None:
                     break
+                hits = []
                 for address, port in sorted(listening.get(p, ())):
                     for path in METRICS_PATHS:
                         url = loopback_url(address, port, path)
                         if url is None:
                             continue
-                        devs, pids = out.setdefault(url, (set(), set()))
-                        devs.update(devices)
-                        pids.add(pid)
+                        if url not in kinds:
+                            kinds[url] = self._probe(p, url, client)
+                        if kinds[url] is not None:
+                            hits.append(url)
+                for url in hits:
+                    kind, devs, pids = by_url.setdefault(url, (kinds[url], set(), set()))  # type: ignore[arg-type]
+                    devs.update(devices)
+                    pids.add(pid)
+                if hits:
+                    break
                 p = _parent(self.proc_root, p)
-        return out
-
-    def discover(self, gpu_pids: dict[int, Iterable[str]], client) -> list[Found]:
-        """The servers found now (scraped once each, recognised by ``auto``), by name; each that
-        appeared or went away since the last call is logged once."""
+        live = {p for p in listening}
+        self._not_servers = {k: v for k, v in self._not_servers.items() if k[0] in live}
         found: dict[str, Found] = {}
-        for url, (devices, pids) in sorted(self.candidates(gpu_pids).items()):
-            result = TokenSource(url, kind="auto", timeout_s=self.timeout_s).scrape(client)
-            if not isinstance(result, Totals):
-                continue  # not Prometheus text of a server we know: not a source
+        for url, (kind, devices, pids) in by_url.items():
             port = url.rsplit(":", 1)[1].split("/", 1)[0]
-            name = f"{result.kind}@{port}"
-            found[name] = Found(name, result.kind, url, tuple(sorted(devices)), tuple(sorted(pids)))
+            name = f"{kind}@{port}"
+            found[name] = Found(name, kind, url, tuple(sorted(devices)), tuple(sorted(pids)))
         for name in sorted(found.keys() - self.known.keys()):
             f = found[name]
             log.info("discovered %s server at %s (PIDs %s) on %s", f.kind, f.url,

@@ -151,3 +151,30 @@ def test_in_process_servers_share_a_pid_so_they_need_processes_of_their_own():
     # why ServerProcess: two in-process servers would be one PID with two ports
     with FakeInferenceServer("vllm") as a, FakeInferenceServer("sglang") as b:
         assert a.port != b.port
+
+
+def test_the_nearest_process_that_serves_metrics_is_the_server(tmp_path):
+    # engine (holds the GPU, listens on an NCCL-like port) -> API server (serves vLLM metrics)
+    # -> a supervisor that also listens: the API server is the one
+    with FakeInferenceServer("vllm") as api, FakeInferenceServer("sglang") as other:
+        import socket
+
+        nccl = socket.socket()
+        nccl.bind(("127.0.0.1", 0))
+        nccl.listen()
+        try:
+            for pid, ppid in ((300, 200), (200, 100), (100, 1)):
+                (tmp_path / str(pid)).mkdir()
+                (tmp_path / str(pid) / "stat").write_text(f"{pid} (x) S {ppid} " + "0 " * 20)
+            sockets = {300: {("127.0.0.1", nccl.getsockname()[1])}, 200: {("0.0.0.0", api.port)},
+                       100: {("127.0.0.1", other.port)}}
+            now = [0.0]
+            d = Discoverer(sockets=lambda: sockets, proc_root=str(tmp_path), timeout_s=0.3, clock=lambda: now[0])
+            with httpx.Client() as client:
+                (f,) = d.discover({300: ["GPU-a"]}, client)
+                assert (f.kind, f.url, f.pids) == ("vllm", api.url, (300,))
+                assert len(d._not_servers) == 1  # the NCCL port: not asked again for a while
+                (f,) = d.discover({300: ["GPU-a"]}, client)
+                assert f.kind == "vllm"
+        finally:
+            nccl.close()
