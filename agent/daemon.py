@@ -448,7 +448,7 @@ class Agent:
         self.summary.last_sample_wall = tick.wall
         self.state.last_sample_wall = tick.wall
         # every probe, with 0 for those that never failed: a dashboard shows it before its first gap
-        self.state.gaps = {name: self.summary.gaps.get(name, 0) for name in probes} | self.summary.gaps
+        self.state.gaps = {name: self.summary.gaps.get(name, 0) for name in probes if not name.startswith("share:")} | self.summary.gaps
         self.state.device_up = {d: isinstance(results[f"device:{d}"], DeviceSample)
                                 and results[f"device:{d}"].state == "ok" for d in self.devices}
 
