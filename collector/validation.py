@@ -599,15 +599,16 @@ def _fast(ev: _Event, raw: str, times: dict[str, float | None]) -> Parsed | None
     d = ev.data
     if not _content_type_ok(ev.datacontenttype):
         return None
-    start, end, ce_time = (times[t] if t in times else times.setdefault(t, parse_time(t))
-                           for t in (d.start, d.end, ev.time))
+    start = times.get(d.start) or times.setdefault(d.start, parse_time(d.start))
+    end = times.get(d.end) or times.setdefault(d.end, parse_time(d.end))
+    ce_time = start if ev.time == d.start else parse_time(ev.time)
     if start is None or end is None or ce_time is None:
         return None
     errs = _Errors(0, None)
     _relations(errs, source=ev.source, subject=ev.subject, node=d.node, device=d.device, start=start,
                end=end, ce_time=ce_time, duration=d.duration_s, energy=d.energy_j,
                energy_source=d.energy_source)
-    if errs.items or len({(u.model, u.tenant) for u in d.usage}) != len(d.usage):
+    if errs.items or (len(d.usage) > 1 and len({(u.model, u.tenant) for u in d.usage}) != len(d.usage)):
         return None
     c = d.cost
     window = {
