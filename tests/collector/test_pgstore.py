@@ -133,3 +133,20 @@ def test_open_store_picks_postgresql_from_the_url(pg_url):
         assert "secret" not in s.path and ":***@" in s.path
     finally:
         s.close()
+
+
+@pytest.mark.parametrize("ci, outcome", [("", "1 skipped"), ("true", "1 error")])
+def test_without_a_server_the_postgresql_tests_skip_locally_and_fail_in_ci(tmp_path, ci, outcome):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "METERD_TEST_PG_URL")}
+    if ci:
+        env["CI"] = ci
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--basetemp",
+                        str(tmp_path / "t"), "tests/collector/test_pgstore.py::test_open_store_picks_postgresql_from_the_url"],
+                       cwd=Path(__file__).parents[2], env=env, capture_output=True, text=True, timeout=120)
+    assert outcome in r.stdout, r.stdout[-2000:]
+    assert (r.returncode != 0) == bool(ci)
