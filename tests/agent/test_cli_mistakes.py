@@ -242,6 +242,20 @@ def test_read_commands_on_a_store_owned_by_another_user(tmp_path):
         one_line(r, "cannot be written by this user")
         after = sorted(p.name for p in d.iterdir()), (d / "meterd.db").read_bytes(), (d / "meterd.db").stat().st_mtime_ns
         assert after == before
+
+        # While the agent runs, its store has a write-ahead log (-wal, -shm: 0644 by its umask):
+        # the other user reads through them, and sees what the agent committed last.
+        agent = Store(d / "meterd.db")
+        try:
+            w, u = fleet_windows()[0]
+            agent.commit_windows([({**w, "device": "GPU-9", "event_id": "e-live"}, [])])
+            assert (d / "meterd.db-wal").exists()
+            r = run_meter("windows", "--db", db, "--device", "GPU-9", "--json", prefix=prefix, env=env)
+            assert r.returncode == 0, r.stderr
+            assert [x["device"] for x in json.loads(r.stdout)] == ["GPU-9"]
+        finally:
+            agent.close()
+        assert not (d / "home-of-nobody").exists()
     finally:
         shutil.rmtree(d)
 
