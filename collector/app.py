@@ -11,7 +11,9 @@ loop keeps serving.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from typing import Any
 
 from starlette.applications import Starlette
@@ -31,12 +33,54 @@ SINGLE_CONTENT_TYPE = "application/cloudevents+json"
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_ERRORS = 1000
 DEFAULT_LIMIT = 1000
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+DEFAULT_BODY_TIMEOUT_S = 30.0
+log = logging.getLogger(__name__)
+
+
+def _db_errors() -> tuple[type[BaseException], ...]:
+    """What a backend raises when its database cannot take a write now."""
+    import sqlite3
+
+    from meterd.errors import StoreError
+
+    errors: list[type[BaseException]] = [sqlite3.Error, OSError, StoreError]
+    try:
+        import psycopg
+
+        errors.append(psycopg.Error)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+_DB_ERRORS = _db_errors()
 MAX_LIMIT = 10_000
 
 
 class _Refused(Exception):
-    def __init__(self, status: int, error: str, **extra: Any) -> None:
+    def __init__(self, status: int, error: str, *, retry_after: int | None = None, close: bool = False,
+                 **extra: Any) -> None:
         self.status, self.body = status, {"error": error, **extra}
+        self.retry_after, self.close = retry_after, close
+
+
+class _Health:
+    """The last write's outcome, for /readyz and the log (one line per change)."""
+
+    def __init__(self) -> None:
+        self.error: str | None = None
+
+    def failed(self, e: BaseException) -> None:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if self.error != msg:
+            log.error("collector database cannot take writes: %s", msg)
+        self.error = msg
+
+    def ok(self) -> None:
+        if self.error is not None:
+            log.warning("collector database takes writes again (was: %s)", self.error)
+        self.error = None
 
 
 def _reply(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
@@ -44,8 +88,11 @@ def _reply(status: int, body: dict[str, Any], headers: dict[str, str] | None = N
 
 
 def create_app(store: CollectorStore, *, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               max_errors: int = DEFAULT_MAX_ERRORS) -> Starlette:
-    """The ASGI app over a store. The caller owns the store (and closes it)."""
+               max_errors: int = DEFAULT_MAX_ERRORS, body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S) -> Starlette:
+    """The ASGI app over a store. The caller owns the store (and closes it). A body that does
+    not arrive within ``body_timeout_s`` is a 408 (the header timeout is the server's:
+    :func:`timed_h11`)."""
+    health = _Health()
 
     async def principal_of(request: Request) -> Principal:
         who = await run_in_threadpool(authenticate, store, request.headers.get("authorization"))
@@ -61,10 +108,14 @@ def create_app(store: CollectorStore, *, max_body_bytes: int = DEFAULT_MAX_BODY_
             if int(declared) > max_body_bytes:
                 raise _Refused(413, f"body of {declared} bytes is over the limit of {max_body_bytes}")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > max_body_bytes:
-                raise _Refused(413, f"body is over the limit of {max_body_bytes} bytes")
+        try:
+            async with asyncio.timeout(body_timeout_s):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > max_body_bytes:
+                        raise _Refused(413, f"body is over the limit of {max_body_bytes} bytes")
+        except TimeoutError:
+            raise _Refused(408, f"the body did not arrive within {body_timeout_s:g} s", close=True) from None
         return bytes(body)
 
     async def post_events(request: Request) -> Response:
@@ -78,23 +129,36 @@ def create_app(store: CollectorStore, *, max_body_bytes: int = DEFAULT_MAX_BODY_
         body = await read_body(request)
         single = ctype == SINGLE_CONTENT_TYPE
 
-        def check_and_store() -> tuple[Checked, IngestResult | None]:  # one trip to the thread pool
+        def check_and_store() -> tuple[Checked, list, IngestResult | None]:  # one trip to the thread pool
             checked = check_body(body, node=who.name, single=single, max_errors=max_errors)
             if checked.foreign or checked.errors:
-                return checked, None
-            return checked, store.ingest(checked.parsed)
+                return checked, [], None
+            overlaps = store.overlapping(checked.parsed)  # windows of a device never overlap
+            if overlaps:
+                return checked, overlaps, None
+            return checked, [], store.ingest(checked.parsed)
 
         try:
-            checked, result = await run_in_threadpool(check_and_store)
+            checked, overlaps, result = await run_in_threadpool(check_and_store)
         except MalformedJSON as e:
             raise _Refused(400, "malformed JSON", detail=str(e)) from None
         except WrongShape as e:
             raise _Refused(400, f"{ctype} must be {e}") from None
+        except _DB_ERRORS as e:  # the database cannot take the batch now: the node retries it
+            health.failed(e)
+            raise _Refused(503, "the collector's database cannot store events now; nothing was stored, "
+                                "retry later", detail=str(e).splitlines()[0][:300] if str(e) else type(e).__name__,
+                           retry_after=5) from None
+        if result is not None:
+            health.ok()
         if checked.foreign:
             raise _Refused(403, "events from another node's source", errors=checked.foreign)
         if checked.errors:
             raise _Refused(400, "invalid events; nothing was stored", received=checked.received,
                            errors=checked.errors)
+        if overlaps:
+            raise _Refused(400, "invalid events; nothing was stored", received=checked.received,
+                           errors=overlaps[:max_errors])
         assert result is not None
         return _reply(200, {"received": checked.received, "accepted": result.accepted,
                             "duplicates": result.duplicates})
@@ -125,6 +189,18 @@ def create_app(store: CollectorStore, *, max_body_bytes: int = DEFAULT_MAX_BODY_
             "groups": [ratios(r) for r in rows],
         })
 
+    async def readyz(request: Request) -> Response:
+        """Ready: the database takes a write now (a real one, rolled back where the backend can),
+        and the last ingest did not fail since. A load balancer sends events elsewhere meanwhile."""
+        probe = getattr(store, "write_probe", store.ping)
+        try:
+            await run_in_threadpool(probe)
+        except Exception as e:  # readiness reports any storage failure, it never raises
+            health.failed(e)
+            return _reply(503, {"status": "not ready", "error": str(e).splitlines()[0][:300] if str(e) else type(e).__name__})
+        health.ok()
+        return _reply(200, {"status": "ready"})
+
     async def healthz(request: Request) -> Response:
         try:
             await run_in_threadpool(store.ping)
@@ -134,8 +210,12 @@ def create_app(store: CollectorStore, *, max_body_bytes: int = DEFAULT_MAX_BODY_
 
     async def refused(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, _Refused)
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return _reply(exc.status, exc.body, headers)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
+        if exc.retry_after is not None:
+            headers["Retry-After"] = str(exc.retry_after)
+        if exc.close:
+            headers["Connection"] = "close"
+        return _reply(exc.status, exc.body, headers or None)
 
     return Starlette(
         routes=[
@@ -143,6 +223,7 @@ def create_app(store: CollectorStore, *, max_body_bytes: int = DEFAULT_MAX_BODY_
             Route("/api/v1/windows", get_windows, methods=["GET"]),
             Route("/api/v1/usage", get_usage, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
         ],
         exception_handlers={_Refused: refused},
     )
@@ -183,3 +264,38 @@ def _window_json(r: dict[str, Any]) -> dict[str, Any]:
     out["flags"] = json.loads(r["flags"])
     return out
 
+
+
+def timed_h11(header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S):
+    """uvicorn's h11 protocol with a header read timeout: a connection that has not sent a
+    whole request head within ``header_timeout_s`` of connecting (or of its last response) is
+    closed, so a slow client cannot hold connections open."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class TimedH11(H11Protocol):
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm_header_timer()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm_header_timer()
+
+        def connection_lost(self, exc) -> None:
+            timer = getattr(self, "_header_timer", None)
+            if timer is not None:
+                timer.cancel()
+            super().connection_lost(exc)
+
+        def _arm_header_timer(self) -> None:
+            timer = getattr(self, "_header_timer", None)
+            if timer is not None:
+                timer.cancel()
+            armed_for = self.scope
+            self._header_timer = self.loop.call_later(header_timeout_s, self._header_timeout, armed_for)
+
+        def _header_timeout(self, armed_for) -> None:
+            if self.scope is armed_for and (self.cycle is None or self.cycle.response_complete):
+                self.transport.close()  # no request head arrived in time
+
+    return TimedH11

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import click
 
-from meterd.collector.app import DEFAULT_MAX_BODY_BYTES, create_app
+from meterd.collector.app import DEFAULT_MAX_BODY_BYTES, create_app, timed_h11
 from meterd.collector.auth import create_token
 from meterd.collector.export import PERIODS, billing_rows, parse_bound, parse_by, render_csv, render_json
 from meterd.collector.store import Query, open_store
@@ -113,7 +113,7 @@ def serve(db: str | None, listen: str, max_body: int, certfile: str | None, keyf
     try:
         config = uvicorn.Config(
             create_app(store, max_body_bytes=max_body), host=host, port=port,
-            lifespan="off", ws="none", server_header=False, log_level="info",
+            lifespan="off", ws="none", server_header=False, log_level="info", http=timed_h11(),
             ssl_certfile=certfile, ssl_keyfile=keyfile,
             **({"ssl_ca_certs": client_ca, "ssl_cert_reqs": ssl.CERT_REQUIRED} if client_ca else {}),
         )

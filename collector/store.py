@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from meterd.collector.validation import Parsed
+from meterd.collector.validation import MAX_WINDOW_S, TIME_TOLERANCE_S, Parsed
 from meterd.errors import StoreKindError, StoreUnavailable
 from meterd.sqlite_store import COLLECTOR, Immediate, Migration, default_path, open_db, run_script, user_version
 
@@ -113,6 +113,10 @@ class CollectorStore(abc.ABC):
     @abc.abstractmethod
     def ping(self) -> None:
         """Raise if the storage cannot answer (``GET /healthz``)."""
+
+    def overlapping(self, events: Sequence[Parsed]) -> list[dict[str, Any]]:
+        """Errors for events whose window overlaps another of its device (none by default)."""
+        return []
 
     @abc.abstractmethod
     def close(self) -> None: ...
@@ -358,6 +362,37 @@ class SQLStore(CollectorStore):
     def ping(self) -> None:
         self._fetch("SELECT 1 AS one")
 
+    def overlapping(self, events: Sequence[Parsed]) -> list[dict[str, Any]]:
+        """Events whose window overlaps another window of the same (node, device) with a
+        different id, stored or in the same batch: one error each (a resend of the same id is a
+        duplicate, not an overlap). One query per device in the batch, over its time span."""
+        groups: dict[tuple[str, str], list[tuple[float, float, str, int | None]]] = {}
+        for i, p in enumerate(events):
+            w = p.window
+            groups.setdefault((w["node"], w["device"]), []).append((w["start"], w["end"], p.id, i))
+        errors: list[dict[str, Any]] = []
+        for (node, device), items in groups.items():
+            lo = min(t[0] for t in items) - MAX_WINDOW_S
+            hi = max(t[1] for t in items)
+            stored = self._fetch(
+                'SELECT w.start AS start, w."end" AS stop, e.id AS id FROM windows w JOIN events e ON e.seq = w.seq'
+                " WHERE w.node = ? AND w.device = ? AND w.start > ? AND w.start < ?", (node, device, lo, hi))
+            intervals = sorted([(r["start"], r["stop"], r["id"], None) for r in stored] + items,
+                               key=lambda t: (t[0], t[1]))
+            reach: tuple[float, float, str, int | None] | None = None  # the interval reaching furthest
+            for iv in intervals:
+                if reach is not None and iv[0] < reach[1] - TIME_TOLERANCE_S and iv[2] != reach[2]:
+                    index, other = (iv[3], reach) if iv[3] is not None else (reach[3], iv)
+                    if index is not None:
+                        errors.append({"index": index, "id": events[index].id, "field": "data.start",
+                                       "problem": f"the window overlaps window {other[2]} of device {device!r} "
+                                                  f"({other[1] - other[0]:g} s from {other[0]:.3f})"})
+                if reach is None or iv[1] > reach[1]:
+                    reach = iv
+        seen: set[int] = set()
+        return sorted((e for e in errors if not (e["index"] in seen or seen.add(e["index"]))),
+                      key=lambda e: e["index"])
+
 
 _TABLES = ("events", "windows", "usage", "tokens")
 
@@ -392,6 +427,23 @@ class SQLiteStore(SQLStore):
     def _write(self) -> Immediate:
         return Immediate(self.conn)
 
+    def write_probe(self) -> None:
+        """A real write that changes nothing (the schema version, rewritten as it is), committed:
+        it fails while the disk is full, the file is read-only or damaged, or another process
+        holds the write lock. ``GET /readyz``."""
+        with self._lock:
+            version = user_version(self.conn)
+            try:
+                with self._write():
+                    self.conn.execute(f"PRAGMA user_version = {int(version)}")
+            except sqlite3.Error:
+                if self.conn.in_transaction:
+                    try:
+                        self.conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                raise
+
     def close(self) -> None:
         with self._lock:
             self.conn.close()
@@ -399,9 +451,21 @@ class SQLiteStore(SQLStore):
     # -- ingest -----------------------------------------------------------------------------------
 
     def ingest(self, events: Sequence[Parsed]) -> IngestResult:
+        with self._lock:
+            try:
+                return self._ingest(events)
+            except sqlite3.Error:
+                if self.conn.in_transaction:  # a COMMIT that failed (disk full) can leave it open
+                    try:
+                        self.conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                raise
+
+    def _ingest(self, events: Sequence[Parsed]) -> IngestResult:
         now = self._clock()
         first = first_copies(events)
-        with self._lock, self._write():
+        with self._write():
             # One multi-row INSERT per table (in chunks under SQLite's limit on parameters).
             # The events insert skips what the UNIQUE (source, id) constraint already holds and
             # returns the rows it did insert: only those get windows and usage rows.

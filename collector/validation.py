@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from meterd.agent.events import EVENT_TYPE, METERD_NAMESPACE, event_id
+from meterd.limits import InputError, check_strings, has_lone_surrogate_escape, nesting_depth
 from meterd.units import parse_iso
 
 MAX_INT = 2**63 - 1  # SQLite INTEGER
@@ -33,6 +34,16 @@ TOKEN_SOURCES = ("counter", "push", "histogram", "rounded")
 # the unrounded start: allow the ids of the neighbouring milliseconds, and a duration that is off
 # by the truncation of both ends.
 TIME_TOLERANCE_S = 0.01
+#: A batch is an array of events whose data holds arrays of objects: a few levels.
+MAX_BODY_NESTING = 16
+#: A window divides an hour (the agent's window_s), so none is longer; a longer one is refused.
+MAX_WINDOW_S = 3600.0
+#: No meter ran before this; a start before it is a broken clock or a forged event.
+EARLIEST_START = 1_577_836_800.0  # 2020-01-01T00:00:00Z
+#: How far ahead of the collector's clock a window may start.
+MAX_FUTURE_S = 86400.0
+#: The collector's clock, for the future-date check (a seam for tests).
+now = __import__("time").time
 
 _USAGE_INTS = ("prompt_tokens", "completion_tokens", "cost_micro", "cost_prompt_micro",
                "cost_completion_micro")
@@ -260,6 +271,13 @@ def _relations(errs: _Errors, *, source: str | None = None, subject: str | None 
         errs.add("data.device", f"must equal the event's subject {subject!r}, not {device!r}")
     if start is not None and end is not None and end <= start:
         errs.add("data.end", "must be after data.start")
+    if start is not None and end is not None and end - start > MAX_WINDOW_S + TIME_TOLERANCE_S:
+        errs.add("data.end", f"the window is {end - start:g} s long; a window is at most {MAX_WINDOW_S:g} s "
+                             "(window_s divides an hour)")
+    if start is not None and start < EARLIEST_START:
+        errs.add("data.start", "is before 2020-01-01: a broken clock, not a metered window")
+    if start is not None and start > now() + MAX_FUTURE_S:
+        errs.add("data.start", "is more than a day ahead of the collector's clock")
     if start is not None and ce_time is not None and abs(ce_time - start) > TIME_TOLERANCE_S:
         errs.add("time", "must be the window's start (data.start)")
     if duration is not None and start is not None and end is not None and end > start \
@@ -541,6 +559,16 @@ class Checked:
 def check_body(body: bytes, *, node: str, single: bool = False, max_errors: int = 1000) -> Checked:
     """Decode and validate a request body of events sent by ``node``: a JSON array (a batch), or
     one object with ``single``. Raises MalformedJSON or WrongShape."""
+    # Text no store can hold, and nesting no event has, are refused before any parser sees them.
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise MalformedJSON(f"the body is not UTF-8 text (byte {e.start}): not Unicode text") from None
+    if has_lone_surrogate_escape(body):
+        raise MalformedJSON("a string holds a lone surrogate escape (such as \\ud800): not Unicode text")
+    depth = nesting_depth(body)
+    if depth > MAX_BODY_NESTING:
+        raise MalformedJSON(f"nested {depth} levels deep; an event batch is at most {MAX_BODY_NESTING}")
     try:
         body.decode("utf-8")  # msgspec skips unknown fields without looking inside them
         if single:
@@ -582,8 +610,9 @@ def _check_slowly(body: bytes, node: str, single: bool, max_errors: int) -> Chec
     takes what msgspec does not, such as NaN, which check_event then refuses)."""
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise MalformedJSON(str(e)) from None
+        check_strings(payload)
+    except (ValueError, UnicodeDecodeError, RecursionError, InputError) as e:
+        raise MalformedJSON(str(e).splitlines()[0][:300] if str(e) else type(e).__name__) from None
     if single:
         if not isinstance(payload, dict):
             raise WrongShape("one JSON object")

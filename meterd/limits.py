@@ -24,7 +24,8 @@ MAX_SAFE_INT = 2**53
 MAX_NESTING = 32
 
 
-__all__ = ["InputError", "MAX_NESTING", "MAX_SAFE_INT", "check_text", "dumps_line", "loads_bounded",
+__all__ = ["InputError", "MAX_NESTING", "MAX_SAFE_INT", "check_text", "dumps_line", "has_lone_surrogate_escape",
+           "check_strings", "loads_bounded",
            "nesting_depth", "safe_int_problem", "text_problem"]
 
 
@@ -73,6 +74,19 @@ def nesting_depth(body: bytes) -> int:
     return deepest
 
 
+_HIGH = rb"\\u[dD][89abAB][0-9a-fA-F]{2}"
+_LOW = rb"\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+_LONE_SURROGATE = re.compile(rb"(?<!\\)(?:" + _HIGH + rb"(?!" + _LOW + rb")|(?<!" + _HIGH + rb")" + _LOW + rb")")
+
+
+def has_lone_surrogate_escape(body: bytes) -> bool:
+    """Whether a JSON text holds a ``\\uD800``-style escape that is not half of a pair: it
+    would decode to a string no UTF-8 encoder (nor SQLite, nor PostgreSQL) takes. (An escaped
+    backslash right before the ``u`` may be flagged too: such a text is refused, never stored
+    wrong.)"""
+    return b"\\u" in body and _LONE_SURROGATE.search(body) is not None
+
+
 def loads_bounded(body: bytes, max_depth: int = MAX_NESTING) -> Any:
     """JSON from untrusted bytes: UTF-8 (no lone surrogates, in the bytes or as ``\\u``
     escapes), nesting at most ``max_depth``, integers of at most 4,300 digits. Raises
@@ -90,11 +104,11 @@ def loads_bounded(body: bytes, max_depth: int = MAX_NESTING) -> Any:
         raise InputError(f"the body is not JSON: {e.msg} (line {e.lineno}, column {e.colno})") from None
     except (ValueError, RecursionError) as e:  # an integer of more than 4,300 digits
         raise InputError(f"the body is not acceptable JSON: {str(e).splitlines()[0][:120]}") from None
-    _check_strings(doc, max_depth)
+    check_strings(doc)
     return doc
 
 
-def _check_strings(doc: Any, max_depth: int) -> None:
+def check_strings(doc: Any) -> None:
     """Every string in ``doc`` (keys included) is storable text. Iterative."""
     stack = [doc]
     while stack:

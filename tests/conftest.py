@@ -29,3 +29,13 @@ def _never_the_real_nvml(monkeypatch, clock):
 def no_nvml(fake_nvml):
     """NVML missing entirely: the default for tests that do not ask for GPUs."""
     return fake_nvml(missing="library")
+
+
+@pytest.fixture(autouse=True)
+def _collector_clock_after_test_data(monkeypatch):
+    """The tests' windows are dated around 2027 (T0 = 1.8e9), ahead of the real clock: the
+    collector's refusal of windows more than a day in the future reads a clock past them (a
+    test of that refusal sets its own)."""
+    from meterd.collector import validation
+
+    monkeypatch.setattr(validation, "now", lambda: 2_000_000_000.0)
