@@ -31,6 +31,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from meterd.collector.validation import MAX_WINDOW_S, TIME_TOLERANCE_S, Parsed
 from meterd.errors import StoreKindError, StoreUnavailable
+from meterd.sqlite_store import write_probe as sqlite_write_probe
 from meterd.sqlite_store import COLLECTOR, Immediate, Migration, default_path, open_db, run_script, user_version
 
 GROUP_KEYS = ("node", "device", "model", "tenant", "hour", "day", "month")
@@ -428,21 +429,9 @@ class SQLiteStore(SQLStore):
         return Immediate(self.conn)
 
     def write_probe(self) -> None:
-        """A real write that changes nothing (the schema version, rewritten as it is), committed:
-        it fails while the disk is full, the file is read-only or damaged, or another process
-        holds the write lock. ``GET /readyz``."""
+        """``GET /readyz``: :func:`meterd.sqlite_store.write_probe` on this database."""
         with self._lock:
-            version = user_version(self.conn)
-            try:
-                with self._write():
-                    self.conn.execute(f"PRAGMA user_version = {int(version)}")
-            except sqlite3.Error:
-                if self.conn.in_transaction:
-                    try:
-                        self.conn.execute("ROLLBACK")
-                    except sqlite3.Error:
-                        pass
-                raise
+            sqlite_write_probe(self.conn)
 
     def close(self) -> None:
         with self._lock:

@@ -96,6 +96,23 @@ def run_script(conn: sqlite3.Connection, sql: str) -> None:
             conn.execute(stmt)
 
 
+def write_probe(conn: sqlite3.Connection) -> None:
+    """A real write that changes nothing, committed (the schema version rewritten as it is): it
+    fails while the disk is full, the file is read-only or damaged, or another process holds the
+    write lock. A failed COMMIT's transaction is rolled back, so the connection stays usable."""
+    version = user_version(conn)
+    try:
+        with Immediate(conn):
+            conn.execute(f"PRAGMA user_version = {int(version)}")
+    except sqlite3.Error:
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+        raise
+
+
 def user_version(conn: sqlite3.Connection) -> int:
     return conn.execute("PRAGMA user_version").fetchone()[0]
 
