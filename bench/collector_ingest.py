@@ -3,6 +3,9 @@ backend, in the same run.
 
     python bench/collector_ingest.py [--events 20000] [--batch 500] [--repeat 5] [--pg URL]
 
+    # both backends, PostgreSQL on a throwaway local server with fsync on:
+    METERD_TEST_PG_FSYNC=on .ci/with-postgres .venv/bin/python bench/collector_ingest.py --events 10000 --repeat 7
+
 The collector runs as its own process (`meter collector serve`) on 127.0.0.1; one httpx client
 posts pre-serialized batches of `--batch` events (application/cloudevents-batch+json, bearer
 token, dedupe by the unique (source, id) key), one after the other, and each must come back
