@@ -188,3 +188,168 @@ def _cells(store: Store, source: str, lo: float, hi: float, size: int | None, us
     cur = store.conn.execute(sql, args)
     names = [d[0] for d in cur.description]
     return [dict(zip(names, r)) for r in cur]
+
+
+# -- grouped in SQL -----------------------------------------------------------------------------
+
+#: A report key as SQL over a piece's rows (``t``: a window's start or a rollup's bucket). Weeks
+#: start on Mondays 00:00 UTC (1970-01-05 is 345,600 s).
+KEY_SQL = {"node": "node", "device": "device", "model": "model", "tenant": "tenant",
+           "hour": f"(CAST(t AS INTEGER) / {HOUR}) * {HOUR}", "day": f"(CAST(t AS INTEGER) / {DAY}) * {DAY}",
+           "week": f"(CAST(t AS INTEGER) - ((CAST(t AS INTEGER) - 345600) % {7 * DAY}))"}
+TIME_SIZES = {"hour": HOUR, "day": DAY, "week": 7 * DAY}
+
+
+def grouped_cells(store: Store, lo: float, hi: float, *, keys: list[str], usage: bool,
+                  idle_time: bool = False, node: str | None = None, device: str | None = None,
+                  model: str | None = None, tenant: str | None = None, table: bool = False) -> Any:
+    """The cells of :func:`range_cells` already summed to one per distinct ``keys`` (node,
+    device, model, tenant, hour, day, week) by one SQL statement over every piece of the range
+    (rollups and raw windows, UNION ALL), in the order of ``keys``. Each cell carries its keys
+    (time keys as the bucket's start, in whole seconds) and ``t``, the start of its finest time
+    bucket (None without one). Whole cells (``usage`` False) take no model or tenant key.
+    ``table``: ``(column names, row tuples)`` instead of one dict per cell."""
+    f = {"node": node, "device": device, "model": model, "tenant": tenant}
+    direct = _direct_rollup_sql(store, lo, hi, keys, usage, idle_time, f)
+    if direct is not None:
+        return _rows(store, *direct, table=table)
+    q = _grouped_sql(lo, hi, keys, usage, idle_time, f)
+    if q is None:
+        return ([], []) if table else []
+    sql, args, keys = q
+    if keys:
+        sql += f" ORDER BY {', '.join(keys)}"
+    return _rows(store, sql, args, table=table)
+
+
+def _direct_rollup_sql(store: Store, lo: float, hi: float, keys: list[str], usage: bool, idle_time: bool,
+                       f: dict[str, str | None]) -> tuple[str, list[Any]] | None:
+    """Whole cells by device and one period whose range is whole rollup periods are the rollup
+    rows themselves (one node, or by node too): no GROUP BY, so no sorter over a year by hour.
+    None where that does not hold."""
+    times = [k for k in keys if k in TIME_SIZES and k != "week"]
+    if usage or len(times) != 1 or "device" not in keys or not set(keys) <= {"node", "device", *times}:
+        return None
+    pieces = plan(lo, hi, HOUR if times[0] == "hour" else DAY)
+    if len(pieces) != 1 or pieces[0][0] != times[0]:
+        return None
+    if "node" not in keys and f["node"] is None:
+        nodes = store.conn.execute("SELECT min(node), max(node) FROM rollups WHERE period = 'day'").fetchone()
+        if nodes[0] != nodes[1]:
+            return None
+    sql, args = _piece(pieces[0][0], pieces[0][1], pieces[0][2], False, idle_time, f)
+    sums = [k for k in SUMS if not (k in IDLE_TIME and not idle_time)]
+    cols = {"node": "node", "device": "device", times[0]: "CAST(bucket AS INTEGER)"}
+    select = [f"{cols[k]} AS {k}" for k in keys] + ["CAST(bucket AS INTEGER) AS t"] + sums
+    order = ", ".join("bucket" if k == times[0] else k for k in keys)
+    inner = sql.replace("bucket AS t, ", "bucket, ")
+    return f"SELECT {', '.join(select)} FROM ({inner}) ORDER BY {order}", args
+
+
+def grouped_usage_with_rest(store: Store, lo: float, hi: float, *, keys: list[str], node: str | None = None,
+                            device: str | None = None, table: bool = False) -> Any:
+    """A report by model or tenant in one SQL statement: the usage cells summed to ``keys`` and,
+    per group of the other keys, the rest no model took (the whole windows minus their usage) as
+    a cell whose model and tenant are None -- what reports/aggregate.py computes from whole and
+    usage cells (its idle rest: the idle windows' time and utilization, the rest's cost as idle
+    cost, left out where it is no cost and under a millijoule). In the report's order: by each
+    key, the rest after the models (None last)."""
+    f = {"node": node, "device": device, "model": None, "tenant": None}
+    uq = _grouped_sql(lo, hi, keys, True, False, f)
+    wq = _grouped_sql(lo, hi, keys, False, True, f)
+    if uq is None or wq is None:
+        return ([], []) if table else []
+    (usql, uargs, ukeys), (wsql, wargs, wkeys) = uq, wq
+    tail = [k for k in SUMS if k not in IDLE_TIME]
+    us = (f"SELECT {', '.join([*wkeys, 't'] if wkeys else ['t'])}, "
+          f"{', '.join(f'sum({k}) AS {k}' for k in tail)} FROM u"
+          + (f" GROUP BY {', '.join(wkeys)}" if wkeys else ""))
+    on = " AND ".join(f"w.{k} = us.{k}" for k in wkeys) or "1"
+
+    def rest(k: str) -> str:
+        if k == "seconds":
+            return "w.idle_seconds"
+        if k == "util_pct_s":
+            return "w.idle_util_pct_s"
+        if k == "idle_cost_micro":
+            return "w.cost_micro - coalesce(us.cost_micro, 0)"
+        return f"w.{k} - coalesce(us.{k}, 0)"
+
+    rest_cols = [f"NULL AS {k}" if k in ("model", "tenant") else f"w.{k} AS {k}" for k in ukeys]
+    rest_cols += ["w.t AS t", *(f"{rest(k)} AS {k}" for k in tail)]
+    order = ", ".join(f"{k} IS NULL, {k}" for k in ukeys)
+    sql = (f"WITH u AS ({usql}), w AS ({wsql}), us AS ({us}) "
+           f"SELECT * FROM (SELECT {', '.join([*ukeys, 't', *tail])} FROM u UNION ALL "
+           f"SELECT {', '.join(rest_cols)} FROM w LEFT JOIN us ON {on} "
+           f"WHERE {rest('cost_micro')} != 0 OR abs({rest('energy_j')}) > 1e-3)"
+           + (f" ORDER BY {order}" if order else ""))
+    return _rows(store, sql, uargs + wargs, table=table)
+
+
+def _rows(store: Store, sql: str, args: list[Any], table: bool = False) -> Any:
+    cur = store.conn.execute(sql, args)
+    names = [d[0] for d in cur.description]
+    if table:
+        return names, cur.fetchall()
+    return [dict(zip(names, r)) for r in cur]
+
+
+def _grouped_sql(lo: float, hi: float, keys: list[str], usage: bool, idle_time: bool,
+                 f: dict[str, str | None]) -> tuple[str, list[Any], list[str]] | None:
+    keys = [k for k in keys if usage or k not in ("model", "tenant")]
+    times = [k for k in keys if k in TIME_SIZES]
+    finest = min(times, key=TIME_SIZES.__getitem__) if times else None
+    pieces, args = [], []
+    for source, a, b in plan(lo, hi, HOUR if "hour" in times else DAY):
+        sql, piece_args = _piece(source, a, b, usage, idle_time, f)
+        pieces.append(sql)
+        args += piece_args
+    if not pieces:
+        return None
+    sums = [k for k in SUMS if not (k in IDLE_TIME and (usage or not idle_time))]
+    select = [f"{KEY_SQL[k]} AS {k}" for k in keys]
+    select.append(f"{KEY_SQL[finest]} AS t" if finest else "NULL AS t")
+    select += [f"sum({k}) AS {k}" for k in sums]
+    sql = f"SELECT {', '.join(select)} FROM ({' UNION ALL '.join(pieces)})"
+    if keys:
+        sql += f" GROUP BY {', '.join(keys)}"
+    return sql, args, keys
+
+
+def _piece(source: str, lo: float, hi: float, usage: bool, idle_time: bool,
+           f: dict[str, str | None]) -> tuple[str, list[Any]]:
+    """One piece's rows, not grouped: node, device, (model, tenant), t and the sums."""
+    where, args = [], []
+    if source == "raw":
+        p, m = "w.", "u."
+        sums = dict(_RAW_USAGE if usage else _RAW_WHOLE)
+        frm = "windows w INDEXED BY windows_start" + (
+            " CROSS JOIN window_usage u ON u.window_id = w.id" if usage else "")
+        where += ["w.start >= ?", "w.start < ?"]
+        t = "w.start"
+    else:
+        p = m = ""
+        sums = {k: k for k in SUMS}
+        frm = "rollups"
+        where += ["period = ?", "bucket >= ?", "bucket < ?"]
+        args.append(source)
+        where.append("model != ''" if usage else "model = '' AND tenant = ''")
+        t = "bucket"
+    args += [lo, hi]
+    if usage or not idle_time:
+        for k in IDLE_TIME:
+            sums.pop(k, None)
+    for col in ("node", "device"):
+        if f[col] is not None:
+            where.append(f"{p}{col} = ?")
+            args.append(f[col])
+    cols = [f"{p}node AS node", f"{p}device AS device"]
+    if usage:
+        for col in ("model", "tenant"):
+            if f[col] is not None:
+                where.append(f"{m}{col} = ?")
+                args.append(f[col])
+        cols += [f"{m}model AS model", f"{m}tenant AS tenant"]
+    cols.append(f"{t} AS t")
+    cols += [f"{sums[k]} AS {k}" for k in SUMS if k in sums]  # one column order for every piece
+    return f"SELECT {', '.join(cols)} FROM {frm} WHERE {' AND '.join(where)}", args

@@ -54,6 +54,10 @@ INT_SUMS = ("prompt_tokens", "completion_tokens", "cost_capex_micro", "cost_ener
             "idle_cost_micro")
 FLOAT_SUMS = ("seconds", "energy_j", "util_pct_s", "capacity_cost_micro", "capacity_tokens")
 SUMS = INT_SUMS + FLOAT_SUMS
+#: From this many rows a table of sums becomes figures column by column (NumPy).
+NUMPY_FROM_ROWS = 2000
+#: Sums only a bench gives (absent from cells without one: 0).
+CAPACITY = ("capacity_cost_micro", "capacity_tokens")
 #: Whole cells' time and utilization x time of their windows with no tokens (IDLE_TIME, from the
 #: store's queries): read only for the (idle) rest of a report by model or tenant (a cell
 #: without them counts 0).
@@ -106,6 +110,13 @@ class Cells:
     idle_in_usage: bool = False
     #: The bench's capacity rows (kernels.suite.capacity_rows), for the HTML roofline.
     capacity: list[dict[str, Any]] = field(default_factory=list)
+    #: The ``by`` keys the cells are already summed to, one cell per key in key order (the
+    #: store grouped them in SQL); None: any cells, grouped here.
+    grouped: tuple[str, ...] | None = None
+    #: The rows' sums as one table, ``(column names, row tuples)``, one row per key of
+    #: ``grouped`` in the report's order (the idle rest, model None, among them): the store's
+    #: SQL did all the grouping. Replaces ``whole`` and ``usage``.
+    table: tuple[list[str], list[tuple]] | None = None
 
 
 @dataclass
@@ -249,7 +260,7 @@ def figures(s: Mapping[str, Any]) -> dict[str, Any]:
     tokens = prompt + completion
     energy, seconds, cost = s["energy_j"], s["seconds"], s["cost_micro"]
     cost_prompt, cost_completion = s["cost_prompt_micro"], s["cost_completion_micro"]
-    idle, util_s, cap_tokens = s["idle_cost_micro"], s["util_pct_s"], s["capacity_tokens"]
+    idle, util_s, cap_tokens = s["idle_cost_micro"], s["util_pct_s"], s.get("capacity_tokens", 0.0)
     realized = cost / tokens if cost is not None and tokens else None
     covered = tokens > 0 and cap_tokens is not None and abs(cap_tokens - tokens) < 0.5
     capacity = _ratio(s["capacity_cost_micro"], tokens) if covered else None
@@ -290,12 +301,16 @@ def aggregate(cells: Cells, by: Sequence[str], *, model: str | None = None,
     sums as the rows. The cells are read, never changed."""
     by = list(by)
     pm = per_model(by, model, tenant)
+    if cells.table is not None and cells.grouped == tuple(by):
+        rows, total = _table_rows(cells.table, by)
+        return Report(by=by, rows=rows, totals=figures(total), currency=cells.currency, per_model=pm)
     key_of = _keyer(by)
     if cells.ceilings:
         usage = _with_capacity(cells.usage, cells.ceilings, device_rates(cells.whole))
     else:
         usage = cells.usage  # no bench, no capacity: absent sums count as 0
     groups: dict[tuple, dict[str, Any]] = {}
+    ordered = False  # groups already in key order
 
     def into(key: tuple, cell: Mapping[str, Any]) -> None:
         acc = groups.get(key)
@@ -304,7 +319,15 @@ def aggregate(cells: Cells, by: Sequence[str], *, model: str | None = None,
         else:
             _add(acc, cell)
 
-    if pm:
+    if pm and cells.grouped == tuple(by) and cells.idle_in_usage and not cells.ceilings:
+        # The store summed the usage and its idle rest to these keys, in the report's order.
+        groups = {key_of(c): c for c in usage}
+        ordered = len(groups) == len(usage)
+        if not ordered:  # a model named like the idle rest: group as below
+            groups = {}
+            for c in usage:
+                into(key_of(c), c)
+    elif pm:
         for c in usage:
             into(key_of(c), c)
         if not cells.idle_in_usage and model is None and tenant is None:
@@ -333,6 +356,11 @@ def aggregate(cells: Cells, by: Sequence[str], *, model: str | None = None,
                              capacity_cost_micro=0.0, capacity_tokens=0.0,
                              idle_cost_micro=s["cost_micro"])
                     into(key, s)
+    elif cells.grouped == tuple(by) and not cells.ceilings:
+        # The store summed the cells to these keys (one each, in key order): they are the rows'
+        # sums as they are, read and never changed.
+        groups = {key_of(c): c for c in cells.whole}
+        ordered = True
     else:
         cap_by_key: dict[tuple, list[float]] = {}
         if cells.ceilings:
@@ -360,19 +388,102 @@ def aggregate(cells: Cells, by: Sequence[str], *, model: str | None = None,
             total[k] = sum(map(itemgetter(k), sums), total[k])
         except TypeError:  # a None: unknown
             total[k] = None
-    # The idle rest sorts after the models: a plain sort where no key holds it.
-    names = [i for i, k in enumerate(by) if k not in TIME_KEYS]
-    idle_keys = any(key[i] == IDLE for key in groups for i in names)
+        except KeyError:  # grouped cells carry no capacity sums (no bench): 0
+            total[k] = sum((c.get(k, 0) for c in sums), total[k]) if k not in CAPACITY else total[k]
+    if ordered:
+        order: Iterable[tuple] = groups
+    else:
+        # The idle rest sorts after the models: a plain sort where no key holds it.
+        names = [i for i, k in enumerate(by) if k not in TIME_KEYS]
+        idle_keys = any(key[i] == IDLE for key in groups for i in names)
+        order = sorted(groups, key=_sort_key) if idle_keys else sorted(groups)
     labels = [(k, k in TIME_KEYS) for k in by]
     rows = []
-    for key in sorted(groups, key=_sort_key) if idle_keys else sorted(groups):
+    stamps: dict[float, str] = {}  # a year by hour and device names each hour 8 times
+    for key in order:
         # The figures, then the group's keys (renderers take columns by name): one dict built
         # once per row, not merged into another.
         row = figures(groups[key])
         for (k, is_time), v in zip(labels, key):
-            row[k] = iso(v) if is_time else v
+            if is_time:
+                text = stamps.get(v)
+                if text is None:
+                    text = stamps[v] = iso(v)
+                row[k] = text
+            else:
+                row[k] = v
         rows.append(row)
     return Report(by=by, rows=rows, totals=figures(total), currency=cells.currency, per_model=pm)
+
+
+def _table_rows(table: tuple[list[str], list[tuple]], by: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """:func:`figures` of every row of a table of sums, column by column (NumPy: a year by hour
+    and device is 70,080 rows), and the totals' sums. The same figures as ``figures(row)``: the
+    same IEEE divisions (every sum here is below 2**53), None where the denominator is 0."""
+    names, tuples = table
+    cols = dict(zip(names, (list(c) for c in zip(*tuples))))
+    n = len(tuples)
+    total = _zero()
+    for k in SUMS:
+        if k in cols:
+            total[k] = sum(cols[k], total[k])
+    if n < NUMPY_FROM_ROWS:  # a few rows: figures() each, and no NumPy import (~100 ms)
+        labels = [(k, k in TIME_KEYS, IDLE if k in ("model", "tenant") else "") for k in by]
+        rows = []
+        for t in tuples:
+            cell = dict(zip(names, t))
+            row = figures({**_FIRST, **cell})
+            for k, is_time, missing in labels:
+                v = cell[k]
+                row[k] = iso(v) if is_time else missing if v is None else v
+            rows.append(row)
+        return rows, total
+    import numpy as np
+    a = {k: np.asarray(cols[k], dtype=np.float64 if k in FLOAT_SUMS else np.int64) for k in SUMS if k in cols}
+    zeros = np.zeros(n, dtype=np.int64)
+    p, c = a["prompt_tokens"], a["completion_tokens"]
+    tokens = p + c
+
+    def ratio(num, den) -> list:
+        out = np.divide(num, den, out=np.zeros(n), where=den != 0).tolist()
+        for i in np.flatnonzero(den == 0).tolist():
+            out[i] = None
+        return out
+
+    energy, seconds, cost = a["energy_j"], a["seconds"], a["cost_micro"]
+    none = [None] * n
+    fig = {
+        "prompt_tokens": cols["prompt_tokens"], "completion_tokens": cols["completion_tokens"],
+        "tokens": tokens.tolist(), "seconds": cols["seconds"], "energy_j": cols["energy_j"],
+        "energy_kwh": (energy / J_PER_KWH).tolist(),
+        **{k: cols[k] for k in ("cost_capex_micro", "cost_energy_micro", "cost_opex_micro", "cost_micro",
+                                "cost_prompt_micro", "cost_completion_micro", "idle_cost_micro")},
+        "cost_per_mtok": ratio(cost, tokens),
+        "cost_per_mtok_prompt": ratio(a["cost_prompt_micro"], p),
+        "cost_per_mtok_completion": ratio(a["cost_completion_micro"], c),
+        "j_per_token": ratio(energy, tokens),
+        "tokens_per_s": ratio(tokens, seconds),
+        "avg_power_w": ratio(energy, seconds),
+        "util_pct": ratio(a.get("util_pct_s", zeros), seconds),
+        "idle_cost_share": ratio(a["idle_cost_micro"], cost),
+        "capacity_cost_per_mtok": none, "realized_over_capacity": none,
+    }
+    order = list(figures(_zero()))
+    assert list(fig) == order, "figures() and _table_rows() name the same figures in the same order"
+    stamps: dict[int, str] = {}
+    for k in by:
+        col = cols[k]
+        if k in TIME_KEYS:
+            for t in col:
+                if t not in stamps:
+                    stamps[t] = iso(t)
+            fig[k] = [stamps[t] for t in col]
+        elif k in ("model", "tenant"):
+            fig[k] = [IDLE if v is None else v for v in col]
+        else:
+            fig[k] = ["" if v is None else v for v in col]
+    keys = list(fig)
+    return [dict(zip(keys, vals)) for vals in zip(*fig.values())], total
 
 
 def _sort_key(key: tuple) -> tuple:

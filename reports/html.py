@@ -133,7 +133,8 @@ def cost_chart(trend: Report) -> str:
 
 
 def power_chart(scatter: Report) -> str:
-    """Tokens/s against mean power, one point per device-hour."""
+    """Tokens/s against mean power, one point per device and period (an hour, or a day over a
+    long range: reports/cli.py picks it; at most MAX_POINTS of them, evenly spaced)."""
     rows = [r for r in scatter.rows if r["avg_power_w"] is not None and r["tokens_per_s"] is not None]
     if not rows:
         return _empty("tokens/s against power", "no energy measured in this range")
@@ -249,6 +250,10 @@ def _table(report: Report) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def _period_of(r: Report) -> str:
+    return next((k for k in r.by if k in ("hour", "day", "week")), "hour")
+
+
 def render_html(report: Report, trend: Report, scatter: Report, points: Report,
                 capacity: Sequence[dict[str, Any]], *, title: str = "meter report",
                 since: str | None = None, until: str | None = None, source: str | None = None) -> str:
@@ -264,7 +269,7 @@ def render_html(report: Report, trend: Report, scatter: Report, points: Report,
     meta = (f"{_e(since or 'the first window')} → {_e(until or 'now')} · source: {_e(source or 'local store')}"
             f" · grouped by {_e(', '.join(report.by))}")
     charts = [("Cost per Mtok over time", cost_chart(trend)),
-              ("Tokens/s against power (device-hours)", power_chart(scatter)),
+              (f"Tokens/s against power (device-{_period_of(scatter)}s)", power_chart(scatter)),
               ("Roofline and live operating points", roofline_chart(capacity, points))]
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from meterd.agent.store import Store
-from meterd.agent.store_queries import owner_cells, range_cells, window_span
+from meterd.agent.store_queries import grouped_cells, grouped_usage_with_rest, owner_cells, range_cells, window_span
 from meterd.errors import CollectorDown, CollectorRefused, EmptyStore, NoData, QueryError
 from meterd.reports.aggregate import IDLE, Ceiling, Cells, ReportError, per_model
 from meterd.units import DAY, HOUR, iso, parse_iso
@@ -71,8 +71,15 @@ def finest(by: Sequence[str]) -> int | None:
 # -- the local store ------------------------------------------------------------------------------
 
 
-def read_store(store: Store, by: Sequence[str], f: Filters, *, with_bench: bool = True) -> Cells:
-    """The cells of a report over a local store. Raises EmptyStore, NoData, ReportError."""
+def read_store(store: Store, by: Sequence[str], f: Filters, *, with_bench: bool = True,
+               grouped: bool = True) -> Cells:
+    """The cells of a report over a local store. Raises EmptyStore, NoData, ReportError.
+
+    ``grouped`` (the default): the store sums the cells to the report's keys in SQL
+    (agent/store_queries.py: :func:`grouped_cells`), so the aggregation has one cell per row to
+    turn into figures; with a bench, cells keep their device (and model) for the capacity
+    figures. ``grouped=False`` reads the finest cells (node, device, bucket), as the reference
+    the grouped path is tested against."""
     span = window_span(store)
     if span is None:
         raise EmptyStore("no windows yet: run `meter agent`")
@@ -90,8 +97,35 @@ def read_store(store: Store, by: Sequence[str], f: Filters, *, with_bench: bool 
     pm = per_model(by, f.model, f.tenant)
     cells = Cells(currency=first[1])
     keys = {"node": f.node, "device": f.device, "model": f.model, "tenant": f.tenant}
+    bench = with_bench and "owner" not in by and bool(store.latest_bench())
+    table = None
+    if lo < hi and grouped and "owner" not in by and not bench and (not pm or (f.model is None and f.tenant is None)):
+        # The whole report in SQL: each row's sums (and a report by model or tenant's idle
+        # rest) as one table, turned into figures column by column (reports/aggregate.py).
+        if pm:
+            table = grouped_usage_with_rest(store, lo, hi, keys=list(by), node=f.node, device=f.device, table=True)
+        else:
+            table = grouped_cells(store, lo, hi, keys=list(by), usage=False, table=True, **keys)
+    if table is not None and table[1]:
+        cells.table, cells.grouped, cells.idle_in_usage = table, tuple(by), pm
+        return cells
     if lo < hi and "owner" in by:
         cells.whole += owner_cells(store, lo, hi, bucket=size, node=f.node, device=f.device)
+    elif lo < hi and grouped:
+        # A bench's capacity is per device and model: keep those apart where there is one.
+        extra = ["device", "model"] if bench else []
+        whole_keys = list(dict.fromkeys([*by, *extra[:1]]))
+        cells.whole += grouped_cells(store, lo, hi, keys=whole_keys, usage=False, idle_time=pm, **keys)
+        if bench:
+            devices = sorted({w["device"] for w in cells.whole})
+            cells.ceilings, cells.capacity = read_ceilings(store, devices)
+        if pm and not bench and f.model is None and f.tenant is None:
+            # The usage and the idle rest no model took, both summed in SQL.
+            cells.usage += grouped_usage_with_rest(store, lo, hi, keys=list(by), node=f.node, device=f.device)
+            cells.idle_in_usage = True
+        elif pm or cells.ceilings:
+            cells.usage += grouped_cells(store, lo, hi, keys=list(dict.fromkeys([*by, *extra])), usage=True, **keys)
+        cells.grouped = tuple(by) if not bench else None
     elif lo < hi:
         cells.whole += range_cells(store, lo, hi, bucket=size, usage=False, idle_time=pm, **keys)
         if with_bench:
