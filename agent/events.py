@@ -26,7 +26,7 @@ def event_id(node: str, device: str, start: float) -> str:
 def window_event(window: dict[str, Any], usage: list[dict[str, Any]]) -> dict[str, Any]:
     """A CloudEvent (structured mode, as a dict) for one stored window row and its usage rows."""
     flags = window.get("flags") or "[]"
-    return {
+    event = {
         "specversion": "1.0",
         "id": window["event_id"],
         "source": window["node"],
@@ -74,3 +74,14 @@ def window_event(window: dict[str, Any], usage: list[dict[str, Any]]) -> dict[st
             "agent_version": window.get("agent_version"),
         },
     }
+    for row, u in zip(event["data"]["usage"], usage):
+        if u.get("owner"):
+            row["owner"] = u["owner"]
+    if window.get("owners"):  # a shared GPU's window split by who used it (agent/attribution.py)
+        event["data"]["owners"] = [
+            {"owner": o["owner"], "share": o["share"], "energy_j": o["energy_j"], "provenance": o["provenance"],
+             "cost": {"capex_micro": int(o["cost_capex_micro"]), "energy_micro": int(o["cost_energy_micro"]),
+                      "opex_micro": int(o["cost_opex_micro"]), "total_micro": int(o["cost_micro"])}}
+            for o in window["owners"]
+        ]
+    return event

@@ -186,7 +186,8 @@ class Shipper:
         refused: dict[str, list[int]] = {}
         size = 2
         for w in rows:
-            items = self.sink.items(w, self.store.usage_of(w["id"]))
+            owners = self.store.owners_of(w["id"])  # a shared GPU's split (agent/attribution.py)
+            items = self.sink.items({**w, "owners": owners} if owners else w, self.store.usage_of(w["id"]))
             bad = next((it.refuse for it in items if it.refuse), None)
             if bad:
                 refused.setdefault(bad, []).append(w["id"])

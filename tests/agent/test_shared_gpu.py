@@ -136,3 +136,52 @@ def test_mig_without_gpm_splits_by_compute_slices(fake_nvml, clock, tmp_path):
         assert [(o["owner"], o["share"], o["provenance"]) for o in owners] == [
             (f"mig:{migs[0].uuid}", 0.4, "apportioned (slices)"), (f"mig:{migs[1].uuid}", 0.6, "apportioned (slices)")]
         assert [o["cost_capex_micro"] for o in owners] == [400, 600]
+
+
+def test_window_events_carry_the_split_and_the_collector_takes_them(fake_nvml, clock, servers, tmp_path):
+    from meterd.agent.events import window_event
+    from meterd.collector.validation import check_body
+
+    vllm, sglang = servers
+    clock.t = T0
+    fake = fake_nvml([h100(curve=[(0.0, 500.0)], processes=[(vllm.pid, GiB), (sglang.pid, GiB)],
+                           proc_sm={vllm.pid: 30, sglang.pid: 50}, sample_period_s=0.5)])
+    store = _run(tmp_path, clock, (SourceConfig(kind="vllm", url=vllm.url, name="vllm-a", devices=("0",)),
+                                   SourceConfig(kind="sglang", url=sglang.url, name="sglang-b", devices=("0",))),
+                 seconds=2.0)
+    w = next(w for w in store.windows() if w["device"] == fake.gpus[0].uuid and not w["partial"])
+    ev = window_event({**w, "owners": store.owners_of(w["id"])}, store.usage_of(w["id"]))
+    owners = ev["data"]["owners"]
+    assert [(o["owner"], o["share"], o["cost"]["total_micro"]) for o in owners] == [
+        ("source:sglang-b", 0.5, 525), ("source:vllm-a", 0.3, 315), ("idle", 0.2, 210)]
+    body = json.dumps([ev]).encode()
+    checked = check_body(body, node="node-a")
+    assert not checked.errors and len(checked.parsed) == 1
+    assert json.loads(checked.parsed[0].raw)["data"]["owners"] == owners  # kept as received
+    plain = window_event(w, store.usage_of(w["id"]))
+    assert "owners" not in plain["data"]  # unsplit: the event is as before
+
+
+def test_the_shipper_sends_the_split(fake_nvml, clock, servers, tmp_path):
+    import httpx
+
+    from meterd.agent.shipper import Shipper
+
+    vllm, sglang = servers
+    clock.t = T0
+    fake_nvml([h100(curve=[(0.0, 500.0)], processes=[(vllm.pid, GiB)], proc_sm={vllm.pid: 40}, sample_period_s=0.5)])
+    store = _run(tmp_path, clock, (SourceConfig(kind="vllm", url=vllm.url, name="vllm-a", devices=("0",)),), seconds=2.0)
+    sent = []
+
+    def collector(request: httpx.Request) -> httpx.Response:
+        sent.extend(json.loads(request.content))
+        return httpx.Response(200, json={"accepted": len(sent)})
+
+    shipper = Shipper(store, "http://127.0.0.1:1/api/v1/events", "tok", transport=httpx.MockTransport(collector))
+    try:
+        shipper.ship_once()
+    finally:
+        shipper.close()
+    split = [e for e in sent if "owners" in e["data"]]
+    assert split and all([o["owner"] for o in e["data"]["owners"]] == ["source:vllm-a", "idle"] for e in split)
+    assert all(o["cost"]["total_micro"] for e in split for o in e["data"]["owners"])
