@@ -58,7 +58,7 @@ def test_config_init_into_a_missing_directory(tmp_path):
 def test_config_init_into_a_directory_this_user_cannot_write():
     d = shared_dir()
     try:
-        r = run_meter("config", "init", str(d / "m.toml"), prefix=as_nobody())
+        r = run_meter("config", "init", str(d / "m.toml"), prefix=as_nobody(d))
         one_line(r, f"cannot write {d / 'm.toml'}", "permission denied")
         assert not (d / "m.toml").exists()
     finally:
@@ -219,13 +219,13 @@ def test_read_commands_on_a_store_owned_by_another_user(tmp_path):
     """The systemd layout: the store belongs to the agent's user (here root), mode 0644 in a
     0755 directory; the operator (here nobody) reads it: report, windows and outbox work, and
     nothing is created or written, in the directory or the file."""
-    prefix = as_nobody()
     d = shared_dir()
     try:
         s = Store(d / "meterd.db")
         s.commit_windows(fleet_windows())
         s.close()  # the last connection closes: the WAL is checkpointed and removed
         (d / "meterd.db").chmod(0o644)
+        prefix = as_nobody(d)
         before = sorted(p.name for p in d.iterdir()), (d / "meterd.db").read_bytes(), (d / "meterd.db").stat().st_mtime_ns
         db = str(d / "meterd.db")
         env = {"HOME": str(d / "home-of-nobody")}  # not there: nothing may be made in it either
