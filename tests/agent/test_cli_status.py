@@ -62,9 +62,14 @@ def test_status_table_shows_every_device(fake_nvml):
 
 
 def test_status_watch_json_refreshes_until_interrupted():
-    """A real process: --watch prints a JSON line per refresh and exits cleanly on Ctrl-C."""
+    """A real process: --watch prints a JSON line per refresh and exits cleanly on Ctrl-C.
+
+    The child gets SIGINT's default disposition back: a pytest started as a background job of a
+    non-interactive shell inherits SIGINT ignored, and Python then never raises KeyboardInterrupt
+    (as for any process a terminal's Ctrl-C could not reach)."""
     with subprocess.Popen([sys.executable, "-m", "meterd.agent.cli", "status", "--json", "--watch", "0.2"],
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) as p:
+                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) as p:
         try:
             lines = [p.stdout.readline() for _ in range(3)]
             p.send_signal(signal.SIGINT)
