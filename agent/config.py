@@ -82,6 +82,8 @@ class Config:
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # roofline profiles, by name
     push_listen: str | None = None
     metrics_listen: str | None = None
+    otlp_endpoint: str | None = None  # OTLP/HTTP receiver (meterd[otlp]): http://127.0.0.1:4318
+    otlp_interval_s: float = 60.0
     ship_url: str | None = None
     ship_token_file: str | None = None
     ship_allow_insecure: bool = False
@@ -291,7 +293,7 @@ _SOURCE_KEYS = ("kind", "url", "name", "devices", "model", "prompt_metric", "com
 def parse_config(doc: dict[str, Any]) -> Config:
     """A Config from a parsed TOML document. Raises ConfigError naming the key."""
     # [collector] is the collector's (`meter collector ... --config`), so one file can serve both
-    known = dict(_TOP) | {"prices": None, "sources": None, "push": None, "metrics": None, "ship": None,
+    known = dict(_TOP) | {"prices": None, "sources": None, "push": None, "metrics": None, "otlp": None, "ship": None,
                           "models": None, "collector": None}
     _check_keys("", doc, known)
     top = {attr: check(k, doc[k]) for k, (attr, check) in _TOP.items() if k in doc}
@@ -308,6 +310,7 @@ def parse_config(doc: dict[str, Any]) -> Config:
 
     extra: dict[str, Any] = {}
     for section, keys in (("push", {"listen": "push_listen"}), ("metrics", {"listen": "metrics_listen"}),
+                          ("otlp", {"endpoint": "otlp_endpoint", "interval_s": "otlp_interval_s"}),
                           ("ship", {"url": "ship_url", "token_file": "ship_token_file",
                                     "allow_insecure": "ship_allow_insecure",
                                     "backoff_cap_s": "ship_backoff_cap_s", "ca_file": "ship_ca_file",
@@ -320,9 +323,20 @@ def parse_config(doc: dict[str, Any]) -> Config:
         for k, attr in keys.items():
             if k in table and k not in _SHIP_BILLING:
                 check = (_bool if k == "allow_insecure" else _listen if k == "listen"
-                         else _between(0.1, 86400) if k == "backoff_cap_s" else _string)
+                         else _between(0.1, 86400) if k in ("backoff_cap_s", "interval_s")
+                         else _otlp_endpoint if section == "otlp" else _string)
                 extra[attr] = check(f"{section}.{k}", table[k])
     return Config(**top, prices=Prices(**prices), sources=sources, models=models, **extra)
+
+
+def _otlp_endpoint(key: str, v: Any) -> str:
+    text = _string(key, v)
+    from urllib.parse import urlsplit
+
+    u = urlsplit(text)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise ConfigError(f"{key}: expected an OTLP/HTTP endpoint like http://127.0.0.1:4318, got {text!r}")
+    return text
 
 
 _SHIP_BILLING = {k: "ship_" + k for k in ("sink", "subject", "window_events", "rate_per_s", "metrics",
@@ -589,6 +603,10 @@ tariff_timezone = "UTC"
 
 # [metrics]
 # listen = "127.0.0.1:9464"           # Prometheus endpoint of the agent (off by default)
+
+# [otlp]                              # OTLP/HTTP (protobuf) export; needs pip install 'meterd[otlp]'
+# endpoint = "http://127.0.0.1:4318"  # an OpenTelemetry collector; /v1/metrics is appended
+# interval_s = 60
 
 # [ship]                              # send every window, exactly once, to a collector or any
 #                                     # CloudEvents sink that takes OpenMeter's ingest format

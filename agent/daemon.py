@@ -62,7 +62,8 @@ BUDGET_CHECK_EVERY_S = 60.0
 SAMPLES_FLUSH_EVERY_S = 10.0  # raw samples are not billed: batch them to spare fsyncs
 MAX_HELD_SAMPLES = 100_000  # raw samples kept in memory while the store refuses writes
 # Changing these needs a restart; a reload keeps the running values and says so.
-RESTART_KEYS = ("node", "store", "interval_s", "window_s", "push_listen", "metrics_listen", "store_budget_mb", "ship_backoff_cap_s",
+RESTART_KEYS = ("node", "store", "interval_s", "window_s", "push_listen", "metrics_listen", "otlp_endpoint",
+                "otlp_interval_s", "store_budget_mb", "ship_backoff_cap_s",
                 "store_max_pending_windows",
                 "ship_url", "ship_token_file", "ship_allow_insecure",
                 # the shipper's sink is built once, at start

@@ -229,6 +229,15 @@ def open_runtime(config: Config, *, reload_config: Callable[[], Config] | None =
             stack.callback(metrics.close)
             host = config.metrics_listen.rpartition(":")[0] or "127.0.0.1"
             log.info("Prometheus metrics on http://%s:%d/metrics", host, metrics.port)  # port 0: the one bound
+        if config.otlp_endpoint:
+            try:
+                from meterd.agent.otlp import OtlpExporter
+            except ImportError as e:
+                raise ConfigError(f"otlp.endpoint: the OpenTelemetry SDK is not installed ({e.name}): "
+                                  "pip install 'meterd[otlp]'") from None
+            otlp = OtlpExporter(state, config.otlp_endpoint, config.otlp_interval_s, config.node)
+            stack.callback(otlp.close)  # LIFO: after the agent committed its last windows
+            log.info("exporting OTLP metrics to %s every %g s", config.otlp_endpoint, config.otlp_interval_s)
         shipper = None
         if token is not None:
             from meterd.agent.shipper import ShipperThread

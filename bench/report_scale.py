@@ -323,6 +323,8 @@ def html_page(args, tmpdir: Path) -> None:
         build_rollups(store)
         store.close()
         print(f"html store: {days} days x {GPUS} GPUs = {n:,} windows; built in {time.perf_counter() - t0:.0f} s")
+    else:
+        Store(path).close()  # migrated, as the agent would, before the read-only report opens it
     out = tmpdir / "report.html"
     since, until = iso(START), iso(START + days * 86400)
     r = subprocess.run([sys.executable, __file__, "--html-child", str(path), str(out), since, until],
