@@ -39,6 +39,14 @@ def test_text_no_store_takes_and_deep_nesting_are_400s(client, store, token_n1, 
     assert post_batch(client, minutes(2), token_n1).status_code == 200
 
 
+def test_a_number_of_5000_digits_in_an_event_is_a_400_naming_it(client, store, token_n1):
+    body = json.dumps(minutes(2)).encode().replace(b'"util_pct": 87.5', b'"util_pct": ' + b"9" * 5000, 1)
+    r = post_batch(client, None, token_n1, content=body)
+    assert r.status_code == 400, r.text
+    assert r.json()["errors"][0]["index"] == 0 and "4300 digits" in r.json()["errors"][0]["problem"]
+    assert stored(store) == 0
+
+
 def test_an_overlapping_window_of_the_same_device_is_refused_with_the_reason(client, store, token_n1):
     assert post_batch(client, minutes(3), token_n1).status_code == 200
     # the same ids again: duplicates, fine
