@@ -23,6 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from meterd.agent.events import BATCH_CONTENT_TYPE
+from meterd.limits import MAX_SAFE_INT
 from meterd.units import iso
 from meterd.collector.auth import Principal, authenticate
 from meterd.collector.export import parse_bound, ratios
@@ -233,8 +234,9 @@ def _int_param(request: Request, name: str, default: int | None, lo: int, hi: in
     text = request.query_params.get(name)
     if text is None or text == "":
         return default
-    if not text.isdigit() or int(text) < lo or (hi is not None and int(text) > hi):
-        raise _Refused(400, f"{name} must be an integer from {lo}" + (f" to {hi}" if hi else ""))
+    hi = MAX_SAFE_INT if hi is None else hi  # nothing the database holds is beyond 2^53
+    if not (text.isascii() and text.isdigit()) or len(text) > 20 or not lo <= int(text) <= hi:
+        raise _Refused(400, f"{name} must be an integer from {lo} to {hi}")
     return int(text)
 
 
