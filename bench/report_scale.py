@@ -343,8 +343,6 @@ def html_page(args, tmpdir: Path) -> None:
 
 
 def html_child(db: str, out: str, since: str, until: str) -> None:
-    import resource
-
     from click.testing import CliRunner
 
     from meterd.agent.cli import main as meter
@@ -356,7 +354,11 @@ def html_child(db: str, out: str, since: str, until: str) -> None:
     wall = time.perf_counter() - t0
     if r.exit_code != 0:
         raise SystemExit(f"meter report failed: {r.output}")
-    print(wall, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    # VmHWM: this process's peak RSS. (ru_maxrss would not do: Linux keeps it across execve, so a
+    # child forked from this bench's parent would report the parent's peak.)
+    with open("/proc/self/status") as fh:
+        hwm = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmHWM:"))
+    print(wall, hwm)
 
 
 if __name__ == "__main__":
