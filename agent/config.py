@@ -73,6 +73,9 @@ class Config:
     node: str = field(default_factory=socket.gethostname)
     store: str | None = None  # None: the default path (systemd state dir or user data dir)
     interval_s: float = 1.0
+    # How often token sources are scraped (they are also scraped in every round that closes a
+    # window, so attribution stays exact). None: a quarter of the window, at least interval_s.
+    tokens_interval_s: float | None = None
     window_s: int = 60
     samples_retention_days: float = 7.0
     store_budget_mb: float | None = None  # None: no bound
@@ -268,6 +271,7 @@ _TOP = {
     "node": ("node", _string),
     "store": ("store", _string),
     "interval_s": ("interval_s", _between(0.05, 3600)),
+    "tokens_interval_s": ("tokens_interval_s", _between(0.05, 3600)),
     "window_s": ("window_s", _window),
     "samples_retention_days": ("samples_retention_days", _between(0.001, 36525)),
     "store_budget_mb": ("store_budget_mb", _between(1, 1e9)),
@@ -545,6 +549,8 @@ EXAMPLE = '''\
 # store = "/var/lib/meterd/meterd.db"  # default: $STATE_DIRECTORY/meterd.db under systemd,
 #                                     #          else ~/.local/share/meterd/meterd.db
 interval_s = 1.0                      # how often every probe is read
+# tokens_interval_s = 15              # how often token sources are scraped (default: a quarter of
+#                                     # the window); always also in the round that closes a window
 window_s = 60                         # the billed window; must divide an hour (1 for tests)
 samples_retention_days = 7            # raw samples are pruned after this; windows are kept
 # store_budget_mb = 512               # bound the store: raw samples go first, then windows a sink

@@ -163,7 +163,8 @@ class Agent:
         self.http = http or httpx.Client()
         origins, self._origin_at = store.token_origins()
         self.tracker = CounterTracker(origins)
-        self._last_round_wall: float | None = None
+        self._last_round_wall: float | None = None  # the last round that scraped the token sources
+        self._next_tokens: float | None = None
         self._last_scrape_wall: float | None = None
         self.devices = {d.id: d for d in node.devices}
         self.shares = node_shares(node.devices)
@@ -378,15 +379,45 @@ class Agent:
             self._discover_now()
         probes: dict[str, Callable[[], Any]] = {
             f"device:{d}": (lambda dev=dev: dev.sample(detail=False)) for d, dev in self.devices.items()}
-        for src, _ in self.sources:
-            probes[f"tokens:{src.key}"] = (lambda s=src: s.scrape(self.http))
+        scrape = self._tokens_due(tick)
+        if scrape:
+            for src, _ in self.sources:
+                probes[f"tokens:{src.key}"] = (lambda s=src: s.scrape(self.http))
         probes.update(self.sharing.probes())
         timeout = max(0.05, 0.8 * self.config.interval_s)
         results = self.reader.read(probes, timeout)
 
+        if scrape:
+            self._take_tokens(tick, results)
+        if self._journal:
+            self._take_journal()
+        elif self.push is not None:
+            self._give_usage(tick.wall, _pushed(self.push.drain()), self.push_targets)
+        self._finish_round(tick, results)
+
+    def tokens_every_s(self) -> float:
+        c = self.config
+        return c.tokens_interval_s if c.tokens_interval_s is not None else max(c.interval_s, c.window_s / 4)
+
+    def _tokens_due(self, tick) -> bool:
+        """Token sources are scraped every ``tokens_interval_s`` and in every round that may close
+        a window (its readings can reach the window's end before the round's deadline), so that
+        the tokens of a window are the counters' delta up to its end."""
+        if not self.sources:
+            return False
+        horizon = tick.wall + 0.8 * self.config.interval_s
+        closes = any(horizon >= b.current.end for b in self.builders.values())
+        now = self.clocks.mono()
+        if closes or self._next_tokens is None or now >= self._next_tokens:
+            # Half a round early, so that a schedule in step with the rounds never slips one.
+            self._next_tokens = now + self.tokens_every_s() - 0.5 * self.config.interval_s
+            return True
+        return False
+
+    def _take_tokens(self, tick, results: dict[str, Any]) -> None:
         since_last = (tick.wall - self._last_round_wall) if self._last_round_wall is not None \
-            else self.config.interval_s
-        since_last = max(0.0, min(since_last, self.max_gap_s))
+            else min(self.tokens_every_s(), self.config.window_s)
+        since_last = max(0.0, min(since_last, self.max_gap_s + self.tokens_every_s()))
         self._last_round_wall = tick.wall
         for src, targets in self.sources:
             name = f"tokens:{src.key}"
@@ -414,11 +445,8 @@ class Agent:
             self._give_usage(tick.wall, owned(usage_from_deltas(update.deltas), src.key), targets, backfill_s,
                              lost=update.resumed and bool(update.restarted))
         self._last_scrape_wall = tick.wall
-        if self._journal:
-            self._take_journal()
-        elif self.push is not None:
-            self._give_usage(tick.wall, _pushed(self.push.drain()), self.push_targets)
 
+    def _finish_round(self, tick, results: dict[str, Any]) -> None:
         closed: list[Window] = []
         sample_rows = []
         for dev_id in self.devices:
@@ -449,7 +477,9 @@ class Agent:
         self.summary.last_sample_wall = tick.wall
         self.state.last_sample_wall = tick.wall
         # every probe, with 0 for those that never failed: a dashboard shows it before its first gap
-        self.state.gaps = {name: self.summary.gaps.get(name, 0) for name in probes if not name.startswith("share:")} | self.summary.gaps
+        names = [*results, *(f"tokens:{src.key}" for src, _ in self.sources)]
+        self.state.gaps = {name: self.summary.gaps.get(name, 0) for name in names
+                           if not name.startswith("share:")} | self.summary.gaps
         self.state.device_up = {d: isinstance(results[f"device:{d}"], DeviceSample)
                                 and results[f"device:{d}"].state == "ok" for d in self.devices}
 

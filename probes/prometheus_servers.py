@@ -286,11 +286,14 @@ class Samples:
     by_name: dict[str, list[tuple[dict[str, str], float]]] = field(default_factory=dict)
     bounds: dict[tuple[str, int], int] = field(default_factory=dict)
     seen: set[str] | None = None
+    text: str | None = None  # the whole page, when lines were filtered out (read for messages)
 
     def names(self) -> set[str]:
         return set(self.by_name)
 
     def all_names(self) -> set[str]:
+        if self.seen is None and self.text is not None:
+            self.seen = set(_NAME_AT_LINE_START.findall(self.text))
         return self.seen if self.seen is not None else self.names()
 
 
@@ -369,7 +372,7 @@ def parse_exposition(text: str, openmetrics: bool = False, keep: frozenset[str] 
     lines: list[str] | None = None
     if keep is not None and not openmetrics:
         lines = _line_filter(keep).findall(text)
-        out.seen = set(_NAME_AT_LINE_START.findall(text))
+        out.text = text
         body = "\n".join(lines) + "\n" if lines else ""
     else:
         body = text
