@@ -26,18 +26,28 @@ if TYPE_CHECKING:
 
 #: Integer sums of a window (and of its usage rows), kept as they are.
 COUNTED = ("prompt_tokens", "completion_tokens", "cost_capex_micro", "cost_energy_micro",
-           "cost_opex_micro", "cost_micro", "cost_prompt_micro", "cost_completion_micro")
+           "cost_opex_micro", "cost_micro", "cost_prompt_micro", "cost_completion_micro",
+           "cached_prompt_tokens")
 #: The idle windows' time and utilization x time, on the device's whole rows only.
 IDLE_TIME = ("idle_seconds", "idle_util_pct_s")
+#: The windows left without tokens because their token source could not be read (never idle),
+#: and the tokens that rest on rounded counters (schema 5).
+TOKEN_DETAIL = ("unavailable_cost_micro", "unavailable_seconds", "rounded_tokens")
 #: Every sum a cell carries.
-SUMS = ("seconds", "energy_j", "util_pct_s", *COUNTED, "idle_cost_micro", *IDLE_TIME)
+SUMS = ("seconds", "energy_j", "util_pct_s", *COUNTED, "idle_cost_micro", *TOKEN_DETAIL, *IDLE_TIME)
 
-_IDLE_WINDOW = "w.prompt_tokens + w.completion_tokens = 0"
+# As agent/store.py's _roll_up counts them: no tokens and a token source that answered is idle;
+# no tokens because the source could not be read is unavailable.
+_IDLE_WINDOW = "w.prompt_tokens + w.completion_tokens = 0 AND w.token_gap_s = 0"
+_UNAVAILABLE_WINDOW = "w.prompt_tokens + w.completion_tokens = 0 AND w.token_gap_s > 0"
 _RAW_WHOLE = {
     "seconds": "w.end - w.start", "energy_j": "coalesce(w.energy_j, 0)",
     "util_pct_s": "coalesce(w.util_pct, 0) * (w.end - w.start)",
     **{k: f"w.{k}" for k in COUNTED},
     "idle_cost_micro": f"CASE WHEN {_IDLE_WINDOW} THEN w.cost_micro ELSE 0 END",
+    "unavailable_cost_micro": f"CASE WHEN {_UNAVAILABLE_WINDOW} THEN w.cost_micro ELSE 0 END",
+    "unavailable_seconds": f"CASE WHEN {_UNAVAILABLE_WINDOW} THEN w.end - w.start ELSE 0.0 END",
+    "rounded_tokens": "CASE WHEN w.token_source = 'rounded' THEN w.prompt_tokens + w.completion_tokens ELSE 0 END",
     "idle_seconds": f"CASE WHEN {_IDLE_WINDOW} THEN w.end - w.start ELSE 0.0 END",
     "idle_util_pct_s": f"CASE WHEN {_IDLE_WINDOW} THEN coalesce(w.util_pct, 0) * (w.end - w.start) ELSE 0.0 END",
 }
@@ -45,6 +55,8 @@ _RAW_USAGE = {
     "seconds": "w.end - w.start", "energy_j": "coalesce(u.energy_j, 0)",
     "util_pct_s": "coalesce(w.util_pct, 0) * (w.end - w.start)",
     **{k: f"u.{k}" for k in COUNTED}, "idle_cost_micro": "0",
+    "unavailable_cost_micro": "0", "unavailable_seconds": "0.0",
+    "rounded_tokens": "CASE WHEN u.token_source = 'rounded' THEN u.prompt_tokens + u.completion_tokens ELSE 0 END",
 }
 
 

@@ -42,6 +42,9 @@ GROUP_KEYS = ("node", "device", "model", "tenant", "owner", "hour", "day", "week
 TIME_KEYS = {"hour": HOUR, "day": DAY, "week": WEEK}
 DEFAULT_BY = ("model", "device")
 IDLE = "(idle)"
+#: The cost of windows left without tokens because their token source could not be read: an
+#: outage of the meter, not an idle device.
+UNAVAILABLE = "(unavailable)"
 #: ``--by owner``: the windows of a device that was not split by process or MIG instance.
 NOT_SPLIT = "(not split)"
 #: Monday 1970-01-05T00:00:00Z: weeks start on Mondays, 00:00 UTC (ISO weeks).
@@ -51,8 +54,9 @@ WEEK_EPOCH = 4 * DAY
 #: does not split a model's cost into capex/energy/opex), and makes the row's sum unknown.
 INT_SUMS = ("prompt_tokens", "completion_tokens", "cost_capex_micro", "cost_energy_micro",
             "cost_opex_micro", "cost_micro", "cost_prompt_micro", "cost_completion_micro",
-            "idle_cost_micro")
-FLOAT_SUMS = ("seconds", "energy_j", "util_pct_s", "capacity_cost_micro", "capacity_tokens")
+            "idle_cost_micro", "cached_prompt_tokens", "unavailable_cost_micro", "rounded_tokens")
+FLOAT_SUMS = ("seconds", "energy_j", "util_pct_s", "capacity_cost_micro", "capacity_tokens",
+              "unavailable_seconds")
 SUMS = INT_SUMS + FLOAT_SUMS
 #: From this many rows a table of sums becomes figures column by column (NumPy).
 NUMPY_FROM_ROWS = 2000
@@ -266,8 +270,12 @@ def figures(s: Mapping[str, Any]) -> dict[str, Any]:
     capacity = _ratio(s["capacity_cost_micro"], tokens) if covered else None
     return {
         "prompt_tokens": prompt,
+        "cached_prompt_tokens": s["cached_prompt_tokens"],
         "completion_tokens": completion,
         "tokens": tokens,
+        # tokens that rest on counters printed with fewer digits than they have (llama.cpp
+        # past a million): the figure is exact to within the windows' token_error_bound
+        "rounded_tokens": s["rounded_tokens"],
         "seconds": seconds,
         "energy_j": energy,
         "energy_kwh": None if energy is None else energy / J_PER_KWH,
@@ -278,6 +286,8 @@ def figures(s: Mapping[str, Any]) -> dict[str, Any]:
         "cost_prompt_micro": cost_prompt,
         "cost_completion_micro": cost_completion,
         "idle_cost_micro": idle,
+        "unavailable_cost_micro": s["unavailable_cost_micro"],
+        "unavailable_seconds": s["unavailable_seconds"],
         "cost_per_mtok": realized,
         "cost_per_mtok_prompt": cost_prompt / prompt if cost_prompt is not None and prompt else None,
         "cost_per_mtok_completion": (cost_completion / completion
@@ -293,6 +303,29 @@ def figures(s: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # -- the report -----------------------------------------------------------------------------------
+
+
+def _split_unavailable(rest: dict[str, Any]) -> dict[str, Any] | None:
+    """The part of a no-model rest that windows without a readable token source cost, with the
+    rest's capex, energy and opex split in the same proportions (exact integers), its energy in
+    proportion to cost; None when there is none."""
+    u, total = rest.get("unavailable_cost_micro") or 0, rest["cost_micro"]
+    if not u or total is None or total <= 0:
+        return None
+    from meterd.agent.costmodel import allocate
+
+    out = {**_zero(), "cost_micro": u, "unavailable_cost_micro": u,
+           "seconds": rest.get("unavailable_seconds") or 0.0,
+           "unavailable_seconds": rest.get("unavailable_seconds") or 0.0}
+    parts = ("cost_capex_micro", "cost_energy_micro", "cost_opex_micro")
+    if all(rest[k] is not None and rest[k] >= 0 for k in parts):
+        for k, v in zip(parts, allocate(u, [rest[k] for k in parts])):
+            out[k] = v
+    else:
+        for k in parts:
+            out[k] = None
+    out["energy_j"] = None if rest["energy_j"] is None else rest["energy_j"] * u / total
+    return out
 
 
 def aggregate(cells: Cells, by: Sequence[str], *, model: str | None = None,
@@ -352,10 +385,16 @@ def aggregate(cells: Cells, by: Sequence[str], *, model: str | None = None,
                 if s["cost_micro"] or abs(s["energy_j"] or 0.0) > 1e-3:
                     # The rest's time is the idle windows' (whole minus usage would not do: usage
                     # cells repeat a window's seconds for each model that ran in it).
+                    out = _split_unavailable(s)
                     s.update(seconds=s["idle_seconds"], util_pct_s=s["idle_util_pct_s"],
-                             capacity_cost_micro=0.0, capacity_tokens=0.0,
-                             idle_cost_micro=s["cost_micro"])
-                    into(key, s)
+                             capacity_cost_micro=0.0, capacity_tokens=0.0, unavailable_seconds=0.0)
+                    if out is not None:  # an outage of the meter is its own row, never idle
+                        into(tuple(UNAVAILABLE if k == IDLE else k for k in key), out)
+                        _add(s, out, -1)
+                        s["unavailable_seconds"] = 0.0
+                    s["idle_cost_micro"] = s["cost_micro"]
+                    if s["cost_micro"] or abs(s["energy_j"] or 0.0) > 1e-3 or out is None:
+                        into(key, s)
     elif cells.grouped == tuple(by) and not cells.ceilings:
         # The store summed the cells to these keys (one each, in key order): they are the rows'
         # sums as they are, read and never changed.

@@ -17,9 +17,10 @@ from meterd.units import MICRO
 
 #: Row fields after the group keys, in the order JSON and CSV give them.
 FIELDS = (
-    "prompt_tokens", "completion_tokens", "tokens", "seconds", "energy_j", "energy_kwh",
-    "cost_capex_micro", "cost_energy_micro", "cost_opex_micro", "cost_micro", "cost_prompt_micro",
-    "cost_completion_micro", "idle_cost_micro", "cost_per_mtok", "cost_per_mtok_prompt",
+    "prompt_tokens", "cached_prompt_tokens", "completion_tokens", "tokens", "rounded_tokens", "seconds",
+    "energy_j", "energy_kwh", "cost_capex_micro", "cost_energy_micro", "cost_opex_micro", "cost_micro",
+    "cost_prompt_micro", "cost_completion_micro", "idle_cost_micro", "unavailable_cost_micro",
+    "unavailable_seconds", "cost_per_mtok", "cost_per_mtok_prompt",
     "cost_per_mtok_completion", "j_per_token", "tokens_per_s", "avg_power_w", "util_pct",
     "idle_cost_share", "capacity_cost_per_mtok", "realized_over_capacity",
 )
@@ -118,9 +119,25 @@ def render_table(report: Report, *, title: str = "", width: int | None = None) -
     rows = [[_label(r[k]) for k in report.by] + cells(r) for r in report.rows]
     total = ["total", *([""] * (len(report.by) - 1)), *cells(report.totals)]
     return fit_table(columns, rows, width, total=total,
-                     caption=f"money in {cur}; in/out = prompt/completion tokens; {EFFICIENCY_NOTE}",
+                     caption=f"money in {cur}; in/out = prompt/completion tokens; {EFFICIENCY_NOTE}"
+                     + token_notes(report.totals),
                      hint="--wide shows them, --format csv or json every figure",
                      title=title or None, box=box.SIMPLE_HEAD, pad_edge=False)
+
+
+def token_notes(t: dict[str, Any]) -> str:
+    """What the table says about its tokens beyond the columns: the cached part of the prompt
+    tokens, counts that rest on rounded counters, time the token sources could not be read."""
+    out = ""
+    if t.get("cached_prompt_tokens"):
+        out += f"; {t['cached_prompt_tokens']:,} of the prompt tokens served from a prefix cache"
+    if t.get("rounded_tokens"):
+        out += (f"; {t['rounded_tokens']:,} tokens rest on rounded counters (printed with fewer digits "
+                f"than they have, e.g. llama.cpp past a million), exact to within the windows' token_error_bound")
+    if t.get("unavailable_cost_micro") or t.get("unavailable_seconds"):
+        out += (f"; (unavailable): {t.get('unavailable_seconds') or 0:,.0f} s without a readable token source, "
+                f"costing {_money(t.get('unavailable_cost_micro') or 0)}, is not idle: its tokens are unknown")
+    return out
 
 
 def _label(v: Any) -> str:

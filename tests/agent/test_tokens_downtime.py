@@ -150,3 +150,24 @@ def test_an_unreachable_token_source_is_an_outage_not_idle(fake_nvml, clock, tmp
     # the tokens served during the outage were not lost: the next good scrape carried them
     assert sum(w["prompt_tokens"] for w in gpu) == sum(c for c, _ in srv.totals().values())
     store.close()
+
+    # meter report keeps the outage apart: its own row, never in (idle)
+    from click.testing import CliRunner
+
+    from meterd.agent.cli import main
+
+    r = CliRunner().invoke(main, ["report", "--db", str(tmp_path / "m.db"), "--by", "model", "--format", "json"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    rows = {row["model"]: row for row in doc["rows"]}
+    gpu_cost = sum(w["cost_micro"] for w in down)
+    assert rows["(unavailable)"]["cost_micro"] == gpu_cost and rows["(unavailable)"]["tokens"] == 0
+    assert rows["(unavailable)"]["unavailable_seconds"] == pytest.approx(1.0)
+    assert rows["(unavailable)"]["idle_cost_micro"] == 0
+    assert doc["totals"]["unavailable_cost_micro"] == gpu_cost
+    idle = rows.get("(idle)")
+    if idle is not None:  # the CPU, which no token source maps to, is idle
+        assert idle["unavailable_cost_micro"] == 0
+    assert doc["totals"]["cost_micro"] == sum(row["cost_micro"] for row in doc["rows"])
+    table = CliRunner().invoke(main, ["report", "--db", str(tmp_path / "m.db"), "--by", "model", "--wide"])
+    assert table.exit_code == 0 and "(unavailable)" in table.stdout and "is not idle" in " ".join(table.stdout.split())

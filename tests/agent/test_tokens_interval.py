@@ -53,3 +53,29 @@ def test_a_tokens_interval_of_one_round_scrapes_every_round(fake_nvml, clock, tm
     assert scrapes >= 20
     full = [w for w in gpu if w["end"] - w["start"] == 10]
     assert [(w["prompt_tokens"], w["completion_tokens"]) for w in full] == [(1000, 100), (1000, 100)]
+
+
+def test_a_report_says_when_its_tokens_rest_on_rounded_counters(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from meterd.agent.cli import main
+    from meterd.agent.costmodel import DeviceShare
+    from meterd.agent.ledger import price_window
+    from meterd.agent.windows import Usage, Window
+
+    w = Window("GPU-0", T0, T0 + 60, energy_j=6000.0, energy_source="counter", covered_s=60.0)
+    w.usage[("gemma", "")] = Usage(1_234_570, 10, cached_prompt_tokens=400_000, token_source="rounded",
+                                   error_bound=5)
+    row = price_window(w, "n", "H100", default_config().prices, DeviceShare.for_node(True, 1), "h")
+    assert row[0]["token_source"] == "rounded" and row[0]["token_error_bound"] == 5
+    store = Store(tmp_path / "m.db")
+    store.commit_windows([row])
+    store.close()
+    r = CliRunner().invoke(main, ["report", "--db", str(tmp_path / "m.db"), "--format", "json"])
+    doc = json.loads(r.stdout)
+    assert doc["totals"]["rounded_tokens"] == 1_234_580 and doc["totals"]["cached_prompt_tokens"] == 400_000
+    table = CliRunner().invoke(main, ["report", "--db", str(tmp_path / "m.db"), "--wide"])
+    text = " ".join(table.stdout.split())  # the caption wraps at the terminal's width
+    assert "rest on rounded counters" in text and "400,000 of the prompt tokens" in text

@@ -79,7 +79,7 @@ def test_totals_are_the_rows_sums_and_the_whole_fleet_for_any_grouping(ws, by):
         assert rep.totals[k] == sum(r[k] for r in rep.rows), k
     assert rep.totals["energy_j"] == pytest.approx(sum(r["energy_j"] for r in rep.rows), abs=1e-6)
     # The whole fleet, whatever the grouping: per model the (idle) row holds what no model took.
-    fleet = {k: sum(c[k] for c in cells.whole) for k in INT_SUMS}
+    fleet = {k: sum(c.get(k, 0) for c in cells.whole) for k in INT_SUMS}
     for k in ("cost_micro", "cost_capex_micro", "cost_energy_micro", "cost_opex_micro",
               "prompt_tokens", "completion_tokens", "idle_cost_micro"):
         assert rep.totals[k] == fleet[k], (k, by)
