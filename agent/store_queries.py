@@ -146,6 +146,15 @@ def owner_cells(store: Store, lo: float, hi: float, *, bucket: int | None, node:
     return out
 
 
+def has_unavailable(store: Store, lo: float, hi: float) -> bool:
+    """Whether a day that [lo, hi) touches holds a window left without tokens because its token
+    source could not be read (from the daily rollups: a few rows per device and day)."""
+    row = store.conn.execute(
+        "SELECT 1 FROM rollups WHERE period = 'day' AND model = '' AND unavailable_cost_micro > 0"
+        " AND bucket >= ? AND bucket < ? LIMIT 1", [math.floor(lo / DAY) * DAY, hi]).fetchone()
+    return row is not None
+
+
 def _bucket_sql(col: str, size: int | None) -> str:
     return "NULL" if size is None else f"(CAST({col} AS INTEGER) / {size}) * {size}"
 

@@ -492,11 +492,16 @@ def _table_rows(table: tuple[list[str], list[tuple]], by: list[str]) -> tuple[li
     energy, seconds, cost = a["energy_j"], a["seconds"], a["cost_micro"]
     none = [None] * n
     fig = {
-        "prompt_tokens": cols["prompt_tokens"], "completion_tokens": cols["completion_tokens"],
-        "tokens": tokens.tolist(), "seconds": cols["seconds"], "energy_j": cols["energy_j"],
+        "prompt_tokens": cols["prompt_tokens"],
+        "cached_prompt_tokens": cols.get("cached_prompt_tokens", [0] * n),
+        "completion_tokens": cols["completion_tokens"],
+        "tokens": tokens.tolist(), "rounded_tokens": cols.get("rounded_tokens", [0] * n),
+        "seconds": cols["seconds"], "energy_j": cols["energy_j"],
         "energy_kwh": (energy / J_PER_KWH).tolist(),
         **{k: cols[k] for k in ("cost_capex_micro", "cost_energy_micro", "cost_opex_micro", "cost_micro",
                                 "cost_prompt_micro", "cost_completion_micro", "idle_cost_micro")},
+        "unavailable_cost_micro": cols.get("unavailable_cost_micro", [0] * n),
+        "unavailable_seconds": cols.get("unavailable_seconds", [0.0] * n),
         "cost_per_mtok": ratio(cost, tokens),
         "cost_per_mtok_prompt": ratio(a["cost_prompt_micro"], p),
         "cost_per_mtok_completion": ratio(a["cost_completion_micro"], c),

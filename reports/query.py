@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 from meterd.agent.store import Store
-from meterd.agent.store_queries import grouped_cells, grouped_usage_with_rest, owner_cells, range_cells, window_span
+from meterd.agent.store_queries import (grouped_cells, grouped_usage_with_rest, has_unavailable, owner_cells,
+                                        range_cells, window_span)
 from meterd.errors import CollectorDown, CollectorRefused, EmptyStore, NoData, QueryError
 from meterd.reports.aggregate import IDLE, Ceiling, Cells, ReportError, per_model
 from meterd.units import DAY, HOUR, iso, parse_iso
@@ -99,7 +100,11 @@ def read_store(store: Store, by: Sequence[str], f: Filters, *, with_bench: bool 
     keys = {"node": f.node, "device": f.device, "model": f.model, "tenant": f.tenant}
     bench = with_bench and "owner" not in by and bool(store.latest_bench())
     table = None
-    if lo < hi and grouped and "owner" not in by and not bench and (not pm or (f.model is None and f.tenant is None)):
+    # A report by model whose range holds an outage of a token source splits its no-model rest
+    # into (idle) and (unavailable) in reports/aggregate.py, not in the SQL.
+    outage = pm and lo < hi and has_unavailable(store, lo, hi)
+    if lo < hi and grouped and "owner" not in by and not bench and not outage \
+            and (not pm or (f.model is None and f.tenant is None)):
         # The whole report in SQL: each row's sums (and a report by model or tenant's idle
         # rest) as one table, turned into figures column by column (reports/aggregate.py).
         if pm:
@@ -119,7 +124,7 @@ def read_store(store: Store, by: Sequence[str], f: Filters, *, with_bench: bool 
         if bench:
             devices = sorted({w["device"] for w in cells.whole})
             cells.ceilings, cells.capacity = read_ceilings(store, devices)
-        if pm and not bench and f.model is None and f.tenant is None:
+        if pm and not bench and not outage and f.model is None and f.tenant is None:
             # The usage and the idle rest no model took, both summed in SQL.
             cells.usage += grouped_usage_with_rest(store, lo, hi, keys=list(by), node=f.node, device=f.device)
             cells.idle_in_usage = True
