@@ -25,7 +25,6 @@ The HTTP transport is injectable (httpx's seam), so tests can play any sink.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
@@ -35,7 +34,6 @@ import threading
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
 
@@ -45,6 +43,7 @@ from meterd.agent.events import BATCH_CONTENT_TYPE
 from meterd.agent.sinks.base import Item, Sink
 from meterd.agent.sinks.meterd import MeterdSink
 from meterd.agent.store import Store
+from meterd.agent.tls import regular_file
 from meterd.errors import ShipError
 from meterd.net import is_loopback
 
@@ -77,15 +76,7 @@ def check_url(url: str, allow_insecure: bool = False, *, what: str = "ship url",
 def read_token_file(path: str) -> str:
     """The bearer token from ``path`` (``${CREDENTIALS_DIRECTORY}`` and ``~`` expanded), which
     must be a regular file not readable or writable by group or others."""
-    p = Path(os.path.expanduser(os.path.expandvars(path)))
-    try:
-        st = p.stat()
-    except FileNotFoundError:
-        raise ShipError(f"token file {p}: not found") from None
-    except OSError as e:
-        raise ShipError(f"token file {p}: {e.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ShipError(f"token file {p}: not a regular file")
+    p, st = regular_file("token file", path, ShipError)
     if st.st_mode & 0o077:
         raise ShipError(f"token file {p} is accessible to group or others (mode {stat.S_IMODE(st.st_mode):04o}): "
                         f"run chmod 600 {p}")

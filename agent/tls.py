@@ -19,17 +19,24 @@ class TlsSetupError(MeterError):
     """A CA file, client certificate or key that cannot be used (the message names it)."""
 
 
-def _path(what: str, path: str) -> Path:
+def regular_file(what: str, path: str, error: type[MeterError] | None = None) -> tuple[Path, os.stat_result]:
+    """``path`` (``${CREDENTIALS_DIRECTORY}`` and ``~`` expanded) and its stat, which must be a
+    regular file; otherwise ``error`` (default :class:`TlsSetupError`) naming ``what``."""
+    error = error or TlsSetupError
     p = Path(os.path.expanduser(os.path.expandvars(path)))
     try:
         st = p.stat()
     except FileNotFoundError:
-        raise TlsSetupError(f"{what} {p}: not found") from None
+        raise error(f"{what} {p}: not found") from None
     except OSError as e:
-        raise TlsSetupError(f"{what} {p}: {e.strerror}") from None
+        raise error(f"{what} {p}: {e.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
-        raise TlsSetupError(f"{what} {p}: not a regular file")
-    return p
+        raise error(f"{what} {p}: not a regular file")
+    return p, st
+
+
+def _path(what: str, path: str) -> Path:
+    return regular_file(what, path)[0]
 
 
 SHIP_NAMES = {"ca_file": "ship.ca_file", "client_cert": "ship.client_cert", "client_key": "ship.client_key"}

@@ -21,10 +21,9 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-import psutil
-
 from meterd.errors import ProbeError
 from meterd.probes.counters import Totals
+from meterd.probes.process_owner import listening_sockets
 from meterd.probes.tokens import TokenSource
 
 log = logging.getLogger(__name__)
@@ -39,20 +38,6 @@ class Found:
     url: str
     devices: tuple[str, ...]  # the GPUs its processes hold
     pids: tuple[int, ...]  # those processes
-
-
-def listening_sockets() -> dict[int, set[tuple[str, int]]]:
-    """{pid: {(address, port)}} of every listening TCP socket psutil can see."""
-    out: dict[int, set[tuple[str, int]]] = {}
-    try:
-        conns = psutil.net_connections(kind="tcp")
-    except (psutil.AccessDenied, OSError) as e:
-        log.info("listening sockets: %s", e)
-        return out
-    for c in conns:
-        if c.status == psutil.CONN_LISTEN and c.pid and c.laddr:
-            out.setdefault(c.pid, set()).add((c.laddr.ip, c.laddr.port))
-    return out
 
 
 def loopback_url(address: str, port: int, path: str = "/metrics") -> str | None:

@@ -73,9 +73,10 @@ def source_ports(sources: Iterable[tuple[str, str]]) -> dict[int, str]:
     return out
 
 
-def listening_ports() -> dict[int, set[int]]:
-    """{pid: its listening TCP ports}, from psutil (every process's where allowed)."""
-    out: dict[int, set[int]] = {}
+def listening_sockets() -> dict[int, set[tuple[str, int]]]:
+    """{pid: {(address, port)}} of every listening TCP socket psutil can see (every process's
+    where allowed)."""
+    out: dict[int, set[tuple[str, int]]] = {}
     try:
         conns = psutil.net_connections(kind="tcp")
     except (psutil.AccessDenied, OSError) as e:
@@ -83,8 +84,13 @@ def listening_ports() -> dict[int, set[int]]:
         return out
     for c in conns:
         if c.status == psutil.CONN_LISTEN and c.pid and c.laddr:
-            out.setdefault(c.pid, set()).add(c.laddr.port)
+            out.setdefault(c.pid, set()).add((c.laddr.ip, c.laddr.port))
     return out
+
+
+def listening_ports() -> dict[int, set[int]]:
+    """{pid: its listening TCP ports}: :func:`listening_sockets` without the addresses."""
+    return {pid: {port for _, port in socks} for pid, socks in listening_sockets().items()}
 
 
 @dataclass
