@@ -60,7 +60,9 @@ SAMPLES_PRUNE_EVERY_S = 3600.0
 DISCOVER_EVERY_S = 30.0  # how often [[sources]] kind = "discover" looks for servers again
 BUDGET_CHECK_EVERY_S = 60.0
 SAMPLES_FLUSH_EVERY_S = 10.0  # raw samples are not billed: batch them to spare fsyncs
-MAX_HELD_SAMPLES = 100_000  # raw samples kept in memory while the store refuses writes
+MAX_HELD_SAMPLES = 100_000
+GPU_RETRY_START_S = 5.0  # no GPU at start: look again after this, doubling
+GPU_RETRY_CAP_S = 300.0  # raw samples kept in memory while the store refuses writes
 # Changing these needs a restart; a reload keeps the running values and says so.
 RESTART_KEYS = ("node", "store", "interval_s", "window_s", "push_listen", "metrics_listen", "otlp_endpoint",
                 "otlp_interval_s", "store_budget_mb", "ship_backoff_cap_s",
@@ -143,7 +145,8 @@ class Agent:
     def __init__(self, config: Config, store: Store, node: Node, clocks: Clocks = Clocks(),
                  push: PushUsage | None = None, http: httpx.Client | None = None,
                  notifier: Notifier | None = None, state: AgentState | None = None,
-                 reload_config: Callable[[], Config] | None = None) -> None:
+                 reload_config: Callable[[], Config] | None = None,
+                 find_gpus: Callable[[], Any] | None = None) -> None:
         self.config = config
         self.store = store
         self.node = node
@@ -189,6 +192,12 @@ class Agent:
         self._write_status()
         self.state.node = config.node
         self.state.device_kinds = {d.id: d.kind for d in node.devices}
+        # No GPU at start because NVML could not be used (no driver yet, a driver reload): look
+        # again with backoff, and bring the GPUs in when they appear.
+        self._find_gpus = find_gpus or self._default_find_gpus
+        self._gpu_retry_s = GPU_RETRY_START_S
+        no_gpu = not any(d.kind == "gpu" for d in node.devices) and getattr(node.gpus, "reason", None)
+        self._next_gpu_try: float | None = clocks.mono() + self._gpu_retry_s if no_gpu else None
         if config.store_budget_mb:
             self.state.store_budget_bytes = int(config.store_budget_mb * 1024 * 1024)
 
@@ -374,7 +383,47 @@ class Agent:
 
     # -- one round ------------------------------------------------------------------------------
 
+    def _default_find_gpus(self):
+        from meterd.probes.nvml import get_gpus
+
+        cpu = next((d for d in self.node.devices if d.kind == "cpu"), None)
+        return get_gpus(getattr(cpu, "_clock", None) or self.clocks.wall)
+
+    def _maybe_find_gpus(self, tick) -> None:
+        if self._next_gpu_try is None or self.clocks.mono() < self._next_gpu_try:
+            return
+        try:
+            gpus = self._find_gpus()
+            found = list(gpus.devices())
+        except Exception as e:  # NVML that half works is still no GPU: try again later
+            gpus, found = None, []
+            log.debug("GPU discovery failed: %s", e)
+        if not found:
+            if gpus is not None:
+                gpus.close()
+            self._gpu_retry_s = min(GPU_RETRY_CAP_S, self._gpu_retry_s * 2)
+            self._next_gpu_try = self.clocks.mono() + self._gpu_retry_s
+            return
+        log.warning("GPUs appeared: %d brought in (until now: %s)", len(found), getattr(self.node.gpus, "reason", None))
+        old, self.node.gpus = self.node.gpus, gpus
+        old.close()
+        self.node.devices[:0] = found  # GPUs first, as get_devices orders them
+        self.devices = {d.id: d for d in self.node.devices}
+        # From now the GPUs carry the node's capex and opex; the CPU, its own energy.
+        self.shares = node_shares(self.node.devices)
+        self.sharing = GpuSharing(self.node.devices, OwnerResolver(self._source_ports()))
+        self._set_sources(self.config)
+        self.reader.close()
+        self.reader = ConcurrentReader(max_workers=min(32, 4 + len(self.node.devices) + len(self.config.sources)))
+        for d in found:
+            last_end = self.store.last_window_end(self.config.node, d.id)
+            start = max(tick.wall, last_end) if last_end is not None else tick.wall
+            self.builders[d.id] = WindowBuilder(d.id, self.config.window_s, start, self.max_gap_s)
+        self.state.device_kinds = {d.id: d.kind for d in self.node.devices}
+        self._next_gpu_try = None
+
     def round(self, tick) -> None:
+        self._maybe_find_gpus(tick)
         if self.discover and self.clocks.mono() >= self._next_discover:
             self._discover_now()
         probes: dict[str, Callable[[], Any]] = {
