@@ -186,6 +186,8 @@ class PostgresStore(SQLStore):
                 self._check_version()
             else:
                 self._migrate()
+                this = _month(clock())
+                self._make_months([this, _next_month(*this)])  # made before traffic needs them
         except BaseException:
             self.pool.close()
             raise
@@ -292,16 +294,35 @@ class PostgresStore(SQLStore):
             months.add(_month(p.key_ms / 1000))
             months.add(_month(p.window["start"]))
         need = sorted(m for m in months - self._months if FIRST_YEAR <= m[0] <= LAST_YEAR)
-        if not need:
-            return
-        with self.pool.connection() as conn, _holding(conn, PARTITION_LOCK), conn.transaction():
-            for year, month in need:
-                suffix = f"y{year:04d}m{month:02d}"
-                if conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.events_{suffix}",)).fetchone()[0] is None:
-                    lo, hi = _month_start(year, month), _month_start(*_next_month(year, month))
-                    conn.execute(f"CREATE TABLE events_{suffix} PARTITION OF events "
-                                 f"FOR VALUES FROM ({lo * 1000}) TO ({hi * 1000})")
-                    for table in ("windows", "usage"):
-                        conn.execute(f"CREATE TABLE {table}_{suffix} PARTITION OF {table} "
-                                     f"FOR VALUES FROM ({lo}) TO ({hi})")
+        if need:
+            self._make_months(need)
+
+    def _make_months(self, need: list[tuple[int, int]]) -> None:
+        """Making a partition locks its parent table exclusively, and queries lock the parents in
+        different orders (ingest: events, then windows; a join of windows with events: windows
+        first), so the lock waits could close a cycle. The maker gives up any lock it waited
+        200 ms for, before PostgreSQL's deadlock check (1 s) would abort someone else's query,
+        and tries again."""
+        for attempt in range(1, 51):
+            try:
+                with self.pool.connection() as conn, _holding(conn, PARTITION_LOCK), conn.transaction():
+                    conn.execute("SET LOCAL lock_timeout = '200ms'")
+                    for year, month in need:
+                        self._make_month(conn, year, month)
+                break
+            except pg_errors.LockNotAvailable:
+                if attempt == 50:
+                    raise
+                time.sleep(min(0.5, 0.01 * attempt))
         self._months.update(need)
+
+    @staticmethod
+    def _make_month(conn: psycopg.Connection, year: int, month: int) -> None:
+        suffix = f"y{year:04d}m{month:02d}"
+        if conn.execute("SELECT to_regclass(%s)", (f"{SCHEMA}.events_{suffix}",)).fetchone()[0] is not None:
+            return
+        lo, hi = _month_start(year, month), _month_start(*_next_month(year, month))
+        conn.execute(f"CREATE TABLE events_{suffix} PARTITION OF events "
+                     f"FOR VALUES FROM ({lo * 1000}) TO ({hi * 1000})")
+        for table in ("windows", "usage"):
+            conn.execute(f"CREATE TABLE {table}_{suffix} PARTITION OF {table} FOR VALUES FROM ({lo}) TO ({hi})")
