@@ -144,6 +144,7 @@ LAZY_COMMANDS.update({
     "outbox": "meterd.agent.cli_agent:outbox_group",
     "bench": "meterd.agent.cli_bench:bench",
     "probe": "meterd.agent.cli_probe:probe",
+    "proxy": "meterd.agent.cli_proxy:proxy",
     "sources": "meterd.agent.cli_sources:sources",
     "report": "meterd.reports.cli:report",
     "collector": "meterd.collector.cli:collector",
