@@ -61,6 +61,8 @@ DISCOVER_EVERY_S = 30.0  # how often [[sources]] kind = "discover" looks for ser
 BUDGET_CHECK_EVERY_S = 60.0
 SAMPLES_FLUSH_EVERY_S = 10.0  # raw samples are not billed: batch them to spare fsyncs
 MAX_HELD_SAMPLES = 100_000
+SAMPLES_FULL_RATE_S = 86400.0  # raw samples at full rate for a day, then
+SAMPLES_THINNED_EVERY_S = 60.0  # one per device per minute
 GPU_RETRY_START_S = 5.0  # no GPU at start: look again after this, doubling
 GPU_RETRY_CAP_S = 300.0  # raw samples kept in memory while the store refuses writes
 # Changing these needs a restart; a reload keeps the running values and says so.
@@ -197,6 +199,7 @@ class Agent:
         self._find_gpus = find_gpus or self._default_find_gpus
         self._gpu_retry_s = GPU_RETRY_START_S
         no_gpu = not any(d.kind == "gpu" for d in node.devices) and getattr(node.gpus, "reason", None)
+        self._downsampled_until: float | None = None
         self._next_gpu_try: float | None = clocks.mono() + self._gpu_retry_s if no_gpu else None
         if config.store_budget_mb:
             self.state.store_budget_bytes = int(config.store_budget_mb * 1024 * 1024)
@@ -369,6 +372,15 @@ class Agent:
         n = self.store.prune_samples(now - self.config.samples_retention_days * 86400)
         if n:
             log.info("pruned %d raw samples older than %g days", n, self.config.samples_retention_days)
+        # Samples older than a day keep one per device per minute (8 GPUs at 1 Hz: ~87 MB a day
+        # at full rate, ~1.5 MB thinned); the first pass takes everything older, later ones the
+        # last hours that aged past the day.
+        full_until = now - SAMPLES_FULL_RATE_S
+        since = None if self._downsampled_until is None else self._downsampled_until - 2 * SAMPLES_PRUNE_EVERY_S
+        n = self.store.downsample_samples(since, full_until, SAMPLES_THINNED_EVERY_S)
+        self._downsampled_until = full_until
+        if n:
+            log.info("thinned %d raw samples older than a day to one a minute", n)
         if self.config.store_budget_mb:
             budget = int(self.config.store_budget_mb * 1024 * 1024)
             dropped = self.store.enforce_budget(budget)

@@ -328,6 +328,30 @@ class Store:
         with self.transaction():
             return self.conn.execute("DELETE FROM samples WHERE at < ?", [before]).rowcount
 
+    def downsample_samples(self, since: float | None, before: float, every_s: float = 60.0,
+                           chunk_s: float = 3600.0) -> int:
+        """Raw samples in [since, before) (since None: from the oldest) thinned to the first
+        one per device per ``every_s``: the windows and rollups hold the billed figures, the
+        samples that age are context. Idempotent (a thinned range keeps its survivors); one
+        transaction per ``chunk_s``, so a first pass over days of samples never holds the
+        store for long. Returns how many were deleted."""
+        if since is None:
+            row = self.conn.execute("SELECT min(at) FROM samples").fetchone()
+            if row[0] is None:
+                return 0
+            since = row[0]
+        deleted = 0
+        lo = since
+        while lo < before:
+            hi = min(before, lo + chunk_s)
+            with self.transaction() as c:
+                deleted += c.execute(
+                    "DELETE FROM samples WHERE at >= ? AND at < ? AND id NOT IN ("
+                    " SELECT min(id) FROM samples WHERE at >= ? AND at < ?"
+                    " GROUP BY device, CAST(at / ? AS INTEGER))", [lo, hi, lo, hi, every_s]).rowcount
+            lo = hi
+        return deleted
+
     # -- windows --------------------------------------------------------------------------------
 
     def commit_windows(self, windows: list[tuple[dict[str, Any], list[dict[str, Any]]]],

@@ -216,3 +216,25 @@ def test_migration_5_adds_token_detail_to_a_version_4_store_and_keeps_its_data(t
         assert s.token_origins() == ({}, {})
     finally:
         s.close()
+
+
+def test_raw_samples_older_than_a_day_thin_to_one_a_minute_and_windows_stay(tmp_path):
+    from meterd.agent.daemon import SAMPLES_THINNED_EVERY_S
+
+    s = Store(tmp_path / "m.db")
+    t0 = 1_800_000_000.0
+    s.insert_samples([{"device": d, "at": t0 + i, "state": "ok", "power_w": 1.0, "power_source": "instant",
+                       "energy_j": None, "energy_source": None, "util_pct": None, "mem_used_bytes": None}
+                      for i in range(600) for d in ("g0", "g1")])
+    s.commit_windows([(_window(t0), _usage())])
+    before_windows = s.windows()
+    # thin [t0, t0 + 300): 5 minutes keep 5 samples per device; the rest stays at full rate
+    n = s.downsample_samples(None, t0 + 300, SAMPLES_THINNED_EVERY_S)
+    assert n == 2 * (300 - 5)
+    kept = s.conn.execute("SELECT device, at FROM samples WHERE at < ? ORDER BY device, at", [t0 + 300]).fetchall()
+    assert kept == [(d, t0 + 60 * k) for d in ("g0", "g1") for k in range(5)]
+    assert s.conn.execute("SELECT count(*) FROM samples WHERE at >= ?", [t0 + 300]).fetchone()[0] == 2 * 300
+    # idempotent, and the windows never change
+    assert s.downsample_samples(t0 - 7200, t0 + 300, SAMPLES_THINNED_EVERY_S) == 0
+    assert s.windows() == before_windows
+    s.close()
