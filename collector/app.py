@@ -1,5 +1,5 @@
 """The collector's HTTP API (Starlette, ASGI): ingest of CloudEvents batches, the query API and
-a health check. docs/collector-api.md documents it.
+a health check; the web report (``/report``, collector/web.py). docs/collector-api.md documents it.
 
 The order of the ingest checks is the order of their cost: the token (401/403) before the
 content type (415), the declared size (413) before any byte is read, the size again while the
@@ -218,8 +218,10 @@ def create_app(store: CollectorStore, *, max_body_bytes: int = DEFAULT_MAX_BODY_
             headers["Connection"] = "close"
         return _reply(exc.status, exc.body, headers or None)
 
+    from meterd.collector.web import routes as web_routes
+
     return Starlette(
-        routes=[
+        routes=[*web_routes(store),
             Route("/api/v1/events", post_events, methods=["POST"]),
             Route("/api/v1/windows", get_windows, methods=["GET"]),
             Route("/api/v1/usage", get_usage, methods=["GET"]),

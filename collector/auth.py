@@ -72,3 +72,49 @@ def authenticate(store: CollectorStore, authorization: str | None) -> Principal 
     if not hmac.compare_digest(_digest(m.group(2)), record.secret_sha256):
         return None
     return Principal(record.scope, record.name)
+
+
+# -- the web report's session cookie ---------------------------------------------------------------
+#
+# ``<key_id>.<expires>.<mac>``, mac = HMAC-SHA256(key = the token's stored sha256, key_id.expires).
+# Nothing is kept per session: the cookie is signed with what the collector already stores of the
+# read token (never the token itself), so every replica on a shared database accepts it, and
+# revoking the token (``meter collector token revoke``) ends its sessions at once. The secret never
+# leaves the login request; a node token cannot log in.
+
+SESSION_COOKIE = "meterd_session"
+SESSION_S = 8 * 3600
+_SESSION = re.compile(r"^([0-9a-f]{12})\.([0-9]{1,12})\.([0-9a-f]{64})$")
+
+
+def _session_mac(record: TokenRecord, payload: str) -> str:
+    return hmac.new(record.secret_sha256.encode(), b"meterd-session\0" + payload.encode(),
+                    hashlib.sha256).hexdigest()
+
+
+def open_session(store: CollectorStore, token: str, *, now: float | None = None) -> tuple[Principal | None, str]:
+    """A session cookie's value for a read token: (principal, value); (None, why) otherwise."""
+    who = authenticate(store, f"Bearer {token.strip()}")
+    if who is None:
+        return None, "unknown token"
+    if who.scope != "read":
+        return None, f"a {who.scope} token may not read reports: use a read token (meter collector token create --read NAME)"
+    key_id = _TOKEN.match(token.strip()).group(1)  # type: ignore[union-attr]
+    record = store.get_token(key_id)
+    assert record is not None
+    payload = f"{key_id}.{int((time.time() if now is None else now) + SESSION_S)}"
+    return who, f"{payload}.{_session_mac(record, payload)}"
+
+
+def session_principal(store: CollectorStore, value: str | None, *, now: float | None = None) -> Principal | None:
+    """The read principal behind a session cookie's value, or None (unknown, forged, expired,
+    revoked, or not a read token's)."""
+    m = _SESSION.match(value or "")
+    if not m or int(m.group(2)) <= (time.time() if now is None else now):
+        return None
+    record = store.get_token(m.group(1))
+    if record is None or record.scope != "read":
+        return None
+    if not hmac.compare_digest(_session_mac(record, f"{m.group(1)}.{m.group(2)}"), m.group(3)):
+        return None
+    return Principal(record.scope, record.name)

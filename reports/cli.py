@@ -13,7 +13,8 @@ import click
 
 from meterd.agent.timeparse import parse_when
 from meterd.agent.ui import write_error
-from meterd.reports.aggregate import GROUP_KEYS, Cells, Report, aggregate, parse_by
+from meterd.reports.aggregate import GROUP_KEYS, Cells, parse_by
+from meterd.reports.page import report_of
 from meterd.reports.query import Filters, read_collector, read_store
 from meterd.sqlite_store import store_error
 from meterd.units import iso
@@ -57,11 +58,6 @@ def _reader(db: str | None, collector: str | None, token_file: str | None,
     return read
 
 
-def _report(read: Callable[[Sequence[str], Filters], Cells], by: Sequence[str], f: Filters) -> tuple[Report, Cells]:
-    cells = read(by, f)
-    return aggregate(cells, by, model=f.model, tenant=f.tenant), cells
-
-
 @click.command("report")
 @click.option("--db", type=click.Path(dir_okay=False), help="The SQLite store (default: the agent's).")
 @click.option("--collector", metavar="URL", help="Read a collector's query API instead of a local store.")
@@ -101,7 +97,7 @@ def report(db, collector, token_file, ca_file, client_cert, client_key, since, u
         raise click.ClickException("--format html needs --output FILE")
     read = _reader(db, collector, token_file, {"ca_file": ca_file, "client_cert": client_cert,
                                                "client_key": client_key})
-    rep, cells = _report(read, keys, f)
+    rep, cells = report_of(read, keys, f)
     context = {"since": iso(f.since) if f.since is not None else None,
                "until": iso(f.until) if f.until is not None else None,
                "source": collector or "local store"}
@@ -131,14 +127,9 @@ def report(db, collector, token_file, ca_file, client_cert, client_key, since, u
         con.print(view, markup=not isinstance(view, str), highlight=False)
         return
     if fmt == "html":
-        from meterd.reports.html import render_html
+        from meterd.reports.page import html_page
 
-        views = _html_views(f, keys)
-        extra = {"trend": _report(read, views["trend"], f)[0]}
-        views["scatter"] = _scatter_by(f, extra["trend"])
-        extra.update({k: _report(read, views[k], f)[0] for k in ("scatter", "points")})
-        text = render_html(rep, extra["trend"], extra["scatter"], extra["points"], cells.capacity,
-                           title="meter report", **context)
+        text = html_page(read, keys, f, rep, cells, title="meter report", **context)
     elif fmt == "json":
         from meterd.reports.render import render_json
 
@@ -155,27 +146,3 @@ def report(db, collector, token_file, ca_file, client_cert, client_key, since, u
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text, nl=False)
-
-
-def _html_views(f: Filters, keys: Sequence[str]) -> dict[str, list[str]]:
-    """The charts' own groupings: cost per Mtok over time (hourly for a range under three days,
-    else daily), device-hours for tokens/s against power, device and model for the roofline."""
-    span = (f.until or time.time()) - f.since if f.since is not None else None
-    period = "hour" if span is not None and span <= 3 * 86400 else "day"
-    return {"trend": [period], "scatter": ["device", "hour"], "points": ["device", "model"]}
-
-
-#: Longest range whose tokens/s-against-power chart has a point per device-hour; beyond it, one
-#: per device-day (3 years x 8 GPUs by hour is 210,000 rows for a chart that shows 3,000).
-SCATTER_HOURS_UP_TO_S = 14 * 86400
-
-
-def _scatter_by(f: Filters, trend: Report) -> list[str]:
-    """The chart's grouping for the range the trend (by hour or day) covers."""
-    from meterd.units import parse_iso
-
-    key = trend.by[0]
-    stamps = [parse_iso(r[key]) for r in trend.rows[:1] + trend.rows[-1:]]
-    lo = f.since if f.since is not None else (min(stamps) if stamps else 0.0)
-    hi = f.until if f.until is not None else (max(stamps) + 86400 if stamps else 0.0)
-    return ["device", "hour" if hi - lo <= SCATTER_HOURS_UP_TO_S else "day"]

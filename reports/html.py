@@ -218,6 +218,9 @@ tr.total td{font-weight:bold;border-top:2px solid #999}
 svg .t{font-size:10px;fill:#444} svg .l{font-size:12px;fill:#222}
 .legend{font-size:12px} .key{margin-right:12px} .key i{display:inline-block;width:10px;height:10px;margin-right:4px}
 .kpi{display:inline-block;margin-right:28px} .kpi b{display:block;font-size:20px}
+form.filters{margin:8px 0 12px;display:flex;flex-wrap:wrap;gap:8px;align-items:end}
+form.filters label{display:flex;flex-direction:column;font-size:12px;color:#555}
+form.filters input{font:inherit;padding:2px 4px;width:11em} .error{color:#b00020;font-weight:bold}
 """
 
 _COLS = (("prompt_tokens", "prompt", "{:,}"), ("completion_tokens", "completion", "{:,}"),
@@ -256,8 +259,10 @@ def _period_of(r: Report) -> str:
 
 def render_html(report: Report, trend: Report, scatter: Report, points: Report,
                 capacity: Sequence[dict[str, Any]], *, title: str = "meter report",
-                since: str | None = None, until: str | None = None, source: str | None = None) -> str:
-    """The page: key figures, the charts and the report's table."""
+                since: str | None = None, until: str | None = None, source: str | None = None,
+                controls: str = "") -> str:
+    """The page: key figures, the charts and the report's table. ``controls``: HTML placed
+    under the heading as given (the collector's filter form), escaped by its caller."""
     t = report.totals
     cur = report.currency or ""
     kpis = [("cost", _cell(t["cost_micro"], "money") + f" {cur}"),
@@ -274,7 +279,7 @@ def render_html(report: Report, trend: Report, scatter: Report, points: Report,
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>{_e(title)}</h1><div class=\"meta\">{meta}</div>"
+        f"<h1>{_e(title)}</h1>{controls}<div class=\"meta\">{meta}</div>"
         + "".join(f'<div class="kpi">{_e(k)}<b>{_e(v)}</b></div>' for k, v in kpis)
         + '<div class="grid">'
         + "".join(f'<div class="chart"><h2>{_e(h)}</h2>{svg}</div>' for h, svg in charts)

@@ -175,18 +175,14 @@ def read_ceilings(store: Store, devices: Sequence[str]) -> tuple[dict[str, dict[
 # -- a collector ----------------------------------------------------------------------------------
 
 
-def read_collector(url: str, token: str, by: Sequence[str], f: Filters, *,
-                   transport: httpx.BaseTransport | None = None, timeout: float = 30.0,
-                   verify: "ssl.SSLContext | bool" = True) -> Cells:
-    """The cells of a report from a collector's ``GET /api/v1/usage``."""
-    import httpx  # here: a report over the local store does not pay its import (~60 ms)
-
+def collector_params(by: Sequence[str], f: Filters) -> dict[str, str]:
+    """The query parameters of ``GET /api/v1/usage`` that a report by ``by`` over ``f`` reads
+    (the collector's own web report, collector/web.py, asks its store the same question)."""
     if "owner" in by:
         raise ReportError("--by owner reads a node's store (--db): the collector does not keep "
                           "the split by owner yet")
     pm = per_model(by, f.model, f.tenant)
-    size = finest(by)
-    grain = {HOUR: ["hour"], DAY: ["day"], None: []}[size]
+    grain = {HOUR: ["hour"], DAY: ["day"], None: []}[finest(by)]
     group_by = ["node", "device", *(["model", "tenant"] if pm else []), *grain]
     params: dict[str, str] = {"group_by": ",".join(group_by)}
     if f.since is not None:
@@ -196,6 +192,16 @@ def read_collector(url: str, token: str, by: Sequence[str], f: Filters, *,
     for k in ("node", "device", "model", "tenant"):
         if getattr(f, k) is not None:
             params[k] = getattr(f, k)
+    return params
+
+
+def read_collector(url: str, token: str, by: Sequence[str], f: Filters, *,
+                   transport: httpx.BaseTransport | None = None, timeout: float = 30.0,
+                   verify: "ssl.SSLContext | bool" = True) -> Cells:
+    """The cells of a report from a collector's ``GET /api/v1/usage``."""
+    import httpx  # here: a report over the local store does not pay its import (~60 ms)
+
+    params = collector_params(by, f)
     base = url.rstrip("/")
     try:
         with httpx.Client(base_url=base, transport=transport, timeout=timeout, verify=verify) as client:
@@ -211,8 +217,16 @@ def read_collector(url: str, token: str, by: Sequence[str], f: Filters, *,
         groups = r.json()["groups"]
     except (ValueError, KeyError, TypeError) as e:
         raise QueryError(f"the collector at {base} did not answer with usage groups: {e}") from e
+    return cells_of_groups(groups, by, f)
+
+
+def cells_of_groups(groups: Sequence[dict], by: Sequence[str], f: Filters) -> Cells:
+    """A report's cells from the usage groups the query API answers for
+    :func:`collector_params`. Raises NoData, ReportError."""
     if not groups:
         raise NoData(f"the collector has no windows {f.describe()}")
+    pm = per_model(by, f.model, f.tenant)
+    grain = {HOUR: ["hour"], DAY: ["day"], None: []}[finest(by)]
     currencies = sorted({g["currency"] for g in groups})
     if len(currencies) > 1:
         raise ReportError(f"the windows are in several currencies ({', '.join(currencies)}): "
