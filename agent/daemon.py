@@ -399,7 +399,7 @@ class Agent:
         from meterd.probes.nvml import get_gpus
 
         cpu = next((d for d in self.node.devices if d.kind == "cpu"), None)
-        return get_gpus(getattr(cpu, "_clock", None) or self.clocks.wall)
+        return get_gpus(getattr(cpu, "_clock", None) or self.clocks.wall, again=True)
 
     def _maybe_find_gpus(self, tick) -> None:
         if self._next_gpu_try is None or self.clocks.mono() < self._next_gpu_try:

@@ -339,16 +339,20 @@ class _FailedAtStart(Device):
                             state=self.state, reason=self.reason, extra={"index": self.index})  # type: ignore[arg-type]
 
 
-def get_gpus(clock: Callable[[], float] = time.time) -> Gpus:
-    """NVIDIA GPUs, or the null backend when there is no driver or no NVML library."""
+def get_gpus(clock: Callable[[], float] = time.time, *, again: bool = False) -> Gpus:
+    """NVIDIA GPUs, or the null backend when there is no driver or no NVML library.
+
+    ``again``: a retry of a look that already found none (the agent's backoff), whose unchanged
+    reason was logged the first time: it is logged at debug level only."""
+    info = log.debug if again else log.info
     try:
         return NvidiaGpus(clock)
     except NvmlUnavailable as e:
-        log.info("%s", e)
+        info("%s", e)
         return NullGpus(str(e))
     except ProbeError as e:  # the GPU count itself failed (or the bus is gone)
-        log.warning("NVML initialised but enumeration failed: %s", e)
+        (log.debug if again else log.warning)("NVML initialised but enumeration failed: %s", e)
         return NullGpus(f"NVML enumeration failed: {e}")
     except OSError as e:  # a broken libnvidia-ml.so can fail to load at the OS level
-        log.info("NVML could not be loaded: %s", e)
+        info("NVML could not be loaded: %s", e)
         return NullGpus(f"NVML could not be loaded: {e}")

@@ -45,3 +45,22 @@ def test_gpus_that_appear_after_start_are_brought_in(fake_nvml, clock, tmp_path,
     assert gpu_energy > 0
     assert sum("GPUs appeared" in r.message for r in caplog.records) == 1
     store.close()
+
+
+def test_looking_again_for_gpus_that_are_not_there_logs_the_reason_once(fake_nvml, clock, tmp_path, caplog):
+    """The start says why there is no GPU (info); each backoff retry with the same answer is
+    debug only, so a GPU-less node's log does not repeat the line every few seconds."""
+    clock.t = T0
+    fake_nvml(missing="library")
+    mono0 = clock()
+    clocks = Clocks(wall=clock, mono=lambda: clock() - mono0 + 10, boot=lambda: clock() - mono0 + 20,
+                    sleep=clock.advance)
+    store = Store(tmp_path / "m.db")
+    with caplog.at_level(logging.DEBUG, logger="meterd"):
+        node = get_devices(clock=clock)
+        Agent(default_config(node="n", interval_s=0.5, window_s=1), store, node, clocks=clocks).run(duration_s=40.0)
+    node.close()
+    store.close()
+    said = [r for r in caplog.records if "NVML not available" in r.getMessage()]
+    assert [r.levelno for r in said if r.levelno >= logging.INFO] == [logging.INFO]
+    assert len(said) >= 3  # the retries (5, 15, 35 s) did happen, at debug level
