@@ -3,6 +3,9 @@ priced by the agent's own ledger code and committed to a real store."""
 
 from __future__ import annotations
 
+import pytest
+
+from meterd.agent.store import Store
 from meterd.agent.config import Prices, to_micro
 from meterd.agent.costmodel import DeviceShare
 from meterd.agent.ledger import price_window
@@ -31,3 +34,19 @@ def seed(store, n: int, start: float, node: str = "n1", devices=("GPU-0", "GPU-1
             rows.append(price_window(w, node, "H100", PRICES, DeviceShare.for_node(True, 8), "sha256:t"))
     store.commit_windows(rows)
     return rows
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A real agent store for a sink test (import it into the test module to use it)."""
+    s = Store(tmp_path / "m.db")
+    yield s
+    s.close()
+
+
+def drain(shipper, max_rounds: int = 500) -> None:
+    """Ship until the outbox is idle; a bounded loop that fails if it never drains."""
+    for _ in range(max_rounds):
+        if shipper.ship_once().idle:
+            return
+    raise AssertionError("the outbox did not drain")

@@ -7,9 +7,8 @@ import pytest
 
 from meterd.agent.shipper import Shipper
 from meterd.agent.sinks.lago import LagoSink
-from meterd.agent.store import Store
 from meterd.agent.usage_events import usage_events
-from tests.agent.billing_seed import seed
+from tests.agent.billing_seed import drain, seed, store  # noqa: F401 - store is a fixture
 from tests.fakes.billing import FakeLago
 
 T0 = 1_800_000_000.0
@@ -17,23 +16,9 @@ SUBS = {"team-a": "sub_a", "team-b": "sub_b", "n1": "sub_internal"}
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "m.db")
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def lago():
     with FakeLago() as f:
         yield f
-
-
-def drain(shipper, max_rounds=500):
-    for _ in range(max_rounds):
-        if shipper.ship_once().idle:
-            return
-    raise AssertionError("the outbox did not drain")
 
 
 def lago_shipper(store, fake, **kw):

@@ -10,33 +10,17 @@ import pytest
 
 from meterd.agent.shipper import Shipper
 from meterd.agent.sinks.openmeter import OpenMeterSink
-from meterd.agent.store import Store
 from meterd.agent.usage_events import usage_events
-from tests.agent.billing_seed import seed
+from tests.agent.billing_seed import drain, seed, store  # noqa: F401 - store is a fixture
 from tests.fakes.billing import OM_BATCH, FakeOpenMeter
 
 T0 = 1_800_000_000.0
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "m.db")
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def om():
     with FakeOpenMeter(dedupe=True) as f:
         yield f
-
-
-def drain(shipper, max_rounds=200):
-    for _ in range(max_rounds):
-        o = shipper.ship_once()
-        if o.idle:
-            return
-    raise AssertionError("the outbox did not drain")
 
 
 def shipper_for(store, fake, **kw):
@@ -64,7 +48,7 @@ def test_usage_events_reach_openmeter_with_subject_and_exact_content_type(store,
     s = shipper_for(store, om)
     try:
         assert s.url == om.base + "/api/v1/events"  # a base URL gets the ingest path
-        drain(s)
+        drain(s, max_rounds=200)
     finally:
         s.close()
     assert store.outbox_counts() == (0, 0)
@@ -81,7 +65,7 @@ def test_window_events_go_too_when_asked(store, om):
     seed(store, 3, T0)
     s = shipper_for(store, om, window_events=True)
     try:
-        drain(s)
+        drain(s, max_rounds=200)
     finally:
         s.close()
     types = [e["type"] for e in om.events]
@@ -96,7 +80,7 @@ def test_a_batch_stored_then_answered_500_is_resent_and_deduplicated(store, om):
     try:
         o = s.ship_once()
         assert o.wait_s > 0 and o.acked == 0  # a 500: retried, not quarantined
-        drain(s)
+        drain(s, max_rounds=200)
     finally:
         s.close()
     assert store.outbox_counts() == (0, 0)
@@ -113,7 +97,7 @@ def test_a_window_split_across_batches_ships_when_every_event_is_acked(store, om
         assert o.acked == 2
         assert store.windows()[0]["shipped_at"] is None
         assert len(store.acked_keys([store.windows()[0]["id"]])[store.windows()[0]["id"]]) == 2
-        drain(s)
+        drain(s, max_rounds=200)
     finally:
         s.close()
     assert store.outbox_counts() == (0, 0)

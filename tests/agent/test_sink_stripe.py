@@ -9,9 +9,8 @@ import pytest
 
 from meterd.agent.shipper import Shipper
 from meterd.agent.sinks.stripe import StripeSink
-from meterd.agent.store import Store
 from meterd.agent.usage_events import usage_events
-from tests.agent.billing_seed import seed
+from tests.agent.billing_seed import drain, seed, store  # noqa: F401 - store is a fixture
 from tests.fakes.billing import FakeStripe
 
 DAY = 86400.0
@@ -19,23 +18,9 @@ CUSTOMERS = {"team-a": "cus_a", "team-b": "cus_b", "n1": "cus_internal"}
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "m.db")
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def stripe():
     with FakeStripe(rate_per_s=1000) as f:
         yield f
-
-
-def drain(shipper, max_rounds=2000):
-    for _ in range(max_rounds):
-        if shipper.ship_once().idle:
-            return
-    raise AssertionError("the outbox did not drain")
 
 
 def stripe_shipper(store, fake, **kw):
@@ -49,7 +34,7 @@ def test_meter_events_are_form_encoded_with_the_event_id_as_identifier(store, st
     s = stripe_shipper(store, stripe)
     try:
         assert s.url == stripe.base + "/v1/billing/meter_events"
-        drain(s)
+        drain(s, max_rounds=2000)
     finally:
         s.close()
     assert store.outbox_counts() == (0, 0)
@@ -69,7 +54,7 @@ def test_identifiers_are_stable_across_resends(store, stripe):
     stripe.fail_after_store = 3  # Stripe keeps the first three events but answers 500
     s = stripe_shipper(store, stripe)
     try:
-        drain(s)
+        drain(s, max_rounds=2000)
     finally:
         s.close()
     assert store.outbox_counts() == (0, 0) and store.quarantined() == []
@@ -89,7 +74,7 @@ def test_usage_older_than_35_days_is_quarantined_with_the_reason_not_sent(store,
     seed(store, 1, now - 34 * DAY, devices=("GPU-1",))
     s = stripe_shipper(store, stripe)
     try:
-        drain(s)
+        drain(s, max_rounds=2000)
     finally:
         s.close()
     q = store.quarantined()
@@ -126,7 +111,7 @@ def test_requests_stay_within_the_rate_limit(store):
         s = stripe_shipper(store, fake, rate_per_s=15)
         t0 = time.monotonic()
         try:
-            drain(s)
+            drain(s, max_rounds=2000)
         finally:
             s.close()
         elapsed = time.monotonic() - t0
@@ -158,7 +143,7 @@ def test_a_subject_without_a_customer_is_quarantined_with_the_key_to_add(store, 
     seed(store, 2, time.time() - DAY)
     s = stripe_shipper(store, stripe, customers={"team-a": "cus_a", "n1": "cus_internal"})
     try:
-        drain(s)
+        drain(s, max_rounds=2000)
     finally:
         s.close()
     q = store.quarantined()
