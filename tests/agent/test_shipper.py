@@ -17,8 +17,8 @@ from meterd.agent.ledger import price_window
 from meterd.agent.shipper import (
     ShipError, Shipper, backoff_s, check_url, read_token_file, retry_after_s,
 )
-from meterd.agent.store import Store
 from meterd.agent.windows import Usage, Window
+from tests.agent.billing_seed import store  # noqa: F401 - the store fixture
 
 T0 = 1_800_000_000.0
 PRICES = Prices(rental_per_gpu_hour_micro=to_micro("3.6"), energy_per_kwh_micro=to_micro("0.36"), pue=1.0,
@@ -33,13 +33,6 @@ def seed(store, n, node="n1", device="GPU-0", start=T0):
         rows.append(price_window(w, node, "H100", PRICES, DeviceShare.for_node(True, 8), "sha256:t"))
     store.commit_windows(rows)
     return rows
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = Store(tmp_path / "m.db")
-    yield s
-    s.close()
 
 
 def test_url_rules():

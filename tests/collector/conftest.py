@@ -77,6 +77,20 @@ def minutes(n: int, node: str = "n1", device: str = "GPU-0", start: float = T0, 
 PG_URL_ENV = "METERD_TEST_PG_URL"
 
 
+def wait_healthy(client: httpx.Client, proc, timeout_s: float = 15.0) -> None:
+    """Until a ``meter collector serve`` subprocess answers ``/healthz``; fails if it exits or
+    does not come up within ``timeout_s`` (a bounded loop)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if client.get("/healthz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline and proc.poll() is None, "serve did not come up"
+        time.sleep(0.05)
+
+
 def pg_server_url() -> str:
     """The test PostgreSQL's URL; skips without one, fails in CI."""
     url = os.environ.get(PG_URL_ENV)

@@ -9,7 +9,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
@@ -19,7 +18,7 @@ from meterd.agent.cli import main
 from meterd.collector.auth import authenticate
 from meterd.collector.store import MIGRATIONS, SQLiteStore, open_store
 from meterd.collector.validation import check_batch
-from tests.collector.conftest import T0, make_event, minutes, post_batch
+from tests.collector.conftest import T0, make_event, minutes, post_batch, wait_healthy
 
 
 def meter(*args):
@@ -113,15 +112,7 @@ def test_serve_is_a_real_process_that_ingests_and_stops_cleanly(db, sig):
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as p:
         try:
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as c:
-                deadline = time.monotonic() + 15
-                while True:
-                    try:
-                        if c.get("/healthz").status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    assert time.monotonic() < deadline and p.poll() is None, "serve did not come up"
-                    time.sleep(0.05)
+                wait_healthy(c, p, timeout_s=15)
                 r = post_batch(c, minutes(3), token)
                 assert r.json() == {"received": 3, "accepted": 3, "duplicates": 0}
             p.send_signal(sig)

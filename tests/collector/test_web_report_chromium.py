@@ -13,7 +13,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -21,7 +20,7 @@ import pytest
 
 from meterd.reports.html import _COLS, _cell
 from tests.cdp import Browser, chromium
-from tests.collector.conftest import T0, minutes, post_batch
+from tests.collector.conftest import T0, minutes, post_batch, wait_healthy
 from tests.osenv import _unavailable
 
 DAY = 86400.0
@@ -55,15 +54,7 @@ def collector(tmp_path):
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as p:
         try:
             with httpx.Client(base_url=url, timeout=30) as c:
-                deadline = time.monotonic() + 30
-                while True:
-                    try:
-                        if c.get("/healthz").status_code == 200:
-                            break
-                    except httpx.TransportError:
-                        pass
-                    assert time.monotonic() < deadline and p.poll() is None, "serve did not come up"
-                    time.sleep(0.05)
+                wait_healthy(c, p, timeout_s=30)
                 mix = (("llama-3.1-8b", "acme"), ("qwen-7b", "globex"))
                 for day, prompt in ((0, 1200), (1, 3100)):
                     assert post_batch(c, minutes(90, start=T0 + day * DAY, prompt=prompt, models=mix), n1).status_code == 200
