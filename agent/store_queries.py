@@ -51,11 +51,13 @@ _RAW_WHOLE = {
     "idle_seconds": f"CASE WHEN {_IDLE_WINDOW} THEN w.end - w.start ELSE 0.0 END",
     "idle_util_pct_s": f"CASE WHEN {_IDLE_WINDOW} THEN coalesce(w.util_pct, 0) * (w.end - w.start) ELSE 0.0 END",
 }
+#: Sums a usage cell holds as 0 by construction (agent/store.py's _roll_up, ``_RAW_USAGE``):
+#: idle and unavailable windows have no usage rows. Grouped, they are these constants, not sums.
+USAGE_ZERO = {"idle_cost_micro": "0", "unavailable_cost_micro": "0", "unavailable_seconds": "0.0"}
 _RAW_USAGE = {
     "seconds": "w.end - w.start", "energy_j": "coalesce(u.energy_j, 0)",
     "util_pct_s": "coalesce(w.util_pct, 0) * (w.end - w.start)",
-    **{k: f"u.{k}" for k in COUNTED}, "idle_cost_micro": "0",
-    "unavailable_cost_micro": "0", "unavailable_seconds": "0.0",
+    **{k: f"u.{k}" for k in COUNTED}, **USAGE_ZERO,
     "rounded_tokens": "CASE WHEN u.token_source = 'rounded' THEN u.prompt_tokens + u.completion_tokens ELSE 0 END",
 }
 
@@ -213,11 +215,11 @@ def _cells(store: Store, source: str, lo: float, hi: float, size: int | None, us
 
 # -- grouped in SQL -----------------------------------------------------------------------------
 
-#: A report key as SQL over a piece's rows (``t``: a window's start or a rollup's bucket). Weeks
+#: A report key as SQL over a piece's rows (``ts``: a window's start or a rollup's bucket). Weeks
 #: start on Mondays 00:00 UTC (1970-01-05 is 345,600 s).
 KEY_SQL = {"node": "node", "device": "device", "model": "model", "tenant": "tenant",
-           "hour": f"(CAST(t AS INTEGER) / {HOUR}) * {HOUR}", "day": f"(CAST(t AS INTEGER) / {DAY}) * {DAY}",
-           "week": f"(CAST(t AS INTEGER) - ((CAST(t AS INTEGER) - 345600) % {7 * DAY}))"}
+           "hour": f"(CAST(ts AS INTEGER) / {HOUR}) * {HOUR}", "day": f"(CAST(ts AS INTEGER) / {DAY}) * {DAY}",
+           "week": f"(CAST(ts AS INTEGER) - ((CAST(ts AS INTEGER) - 345600) % {7 * DAY}))"}
 TIME_SIZES = {"hour": HOUR, "day": DAY, "week": 7 * DAY}
 
 
@@ -231,23 +233,25 @@ def grouped_cells(store: Store, lo: float, hi: float, *, keys: list[str], usage:
     bucket (None without one). Whole cells (``usage`` False) take no model or tenant key.
     ``table``: ``(column names, row tuples)`` instead of one dict per cell."""
     f = {"node": node, "device": device, "model": model, "tenant": tenant}
-    direct = _direct_rollup_sql(store, lo, hi, keys, usage, idle_time, f)
+    direct = _direct_rollup_sql(store, lo, hi, keys, usage, idle_time, f, with_t=not table)
     if direct is not None:
         return _rows(store, *direct, table=table)
     q = _grouped_sql(lo, hi, keys, usage, idle_time, f)
     if q is None:
         return ([], []) if table else []
-    sql, args, keys = q
-    if keys:
-        sql += f" ORDER BY {', '.join(keys)}"
+    sql, args, keys, terms = q
+    if terms:
+        sql += f" ORDER BY {', '.join(terms)}"
     return _rows(store, sql, args, table=table)
 
 
 def _direct_rollup_sql(store: Store, lo: float, hi: float, keys: list[str], usage: bool, idle_time: bool,
-                       f: dict[str, str | None]) -> tuple[str, list[Any]] | None:
+                       f: dict[str, str | None], *, with_t: bool = True) -> tuple[str, list[Any]] | None:
     """Whole cells by device and one period whose range is whole rollup periods are the rollup
     rows themselves (one node, or by node too): no GROUP BY, so no sorter over a year by hour.
-    None where that does not hold."""
+    Ordered as the rollups' primary key where the keys allow (node, one value, put before the
+    device), so that SQLite sorts nothing either. ``with_t``: each row carries ``t`` too. None
+    where that does not hold."""
     times = [k for k in keys if k in TIME_SIZES and k != "week"]
     if usage or len(times) != 1 or "device" not in keys or not set(keys) <= {"node", "device", *times}:
         return None
@@ -261,9 +265,12 @@ def _direct_rollup_sql(store: Store, lo: float, hi: float, keys: list[str], usag
     sql, args = _piece(pieces[0][0], pieces[0][1], pieces[0][2], False, idle_time, f)
     sums = [k for k in SUMS if not (k in IDLE_TIME and not idle_time)]
     cols = {"node": "node", "device": "device", times[0]: "CAST(bucket AS INTEGER)"}
-    select = [f"{cols[k]} AS {k}" for k in keys] + ["CAST(bucket AS INTEGER) AS t"] + sums
-    order = ", ".join("bucket" if k == times[0] else k for k in keys)
-    inner = sql.replace("bucket AS t, ", "bucket, ")
+    select = [f"{cols[k]} AS {k}" for k in keys] + (["CAST(bucket AS INTEGER) AS t"] if with_t else []) + sums
+    # One node (or by node): ordering by it too changes no order and matches the primary key
+    # (period, bucket, node, device, ...), which a year by hour and device reads in order.
+    order = ", ".join(("bucket" if k == times[0] else "node, device" if k == "device" and "node" not in keys else k)
+                      for k in keys)
+    inner = sql.replace("bucket AS ts, ", "bucket, ")
     return f"SELECT {', '.join(select)} FROM ({inner}) ORDER BY {order}", args
 
 
@@ -280,11 +287,11 @@ def grouped_usage_with_rest(store: Store, lo: float, hi: float, *, keys: list[st
     wq = _grouped_sql(lo, hi, keys, False, True, f)
     if uq is None or wq is None:
         return ([], []) if table else []
-    (usql, uargs, ukeys), (wsql, wargs, wkeys) = uq, wq
+    (usql, uargs, ukeys, uterms), (wsql, wargs, wkeys, _) = uq, wq
+    # The usage summed to the other keys, read from the pieces again rather than from u: over
+    # rollups in their key order that streams, where regrouping u would sort it.
+    ussql, usargs, _, _ = _grouped_sql(lo, hi, wkeys, True, False, f)  # type: ignore[misc]
     tail = [k for k in SUMS if k not in IDLE_TIME]
-    us = (f"SELECT {', '.join([*wkeys, 't'] if wkeys else ['t'])}, "
-          f"{', '.join(f'sum({k}) AS {k}' for k in tail)} FROM u"
-          + (f" GROUP BY {', '.join(wkeys)}" if wkeys else ""))
     on = " AND ".join(f"w.{k} = us.{k}" for k in wkeys) or "1"
 
     def rest(k: str) -> str:
@@ -296,15 +303,22 @@ def grouped_usage_with_rest(store: Store, lo: float, hi: float, *, keys: list[st
             return "w.cost_micro - coalesce(us.cost_micro, 0)"
         return f"w.{k} - coalesce(us.{k}, 0)"
 
+    cols = [*ukeys, "t", *tail]
     rest_cols = [f"NULL AS {k}" if k in ("model", "tenant") else f"w.{k} AS {k}" for k in ukeys]
     rest_cols += ["w.t AS t", *(f"{rest(k)} AS {k}" for k in tail)]
+    rest_sql = (f"WITH w AS ({wsql}), us AS ({ussql}) SELECT {', '.join(rest_cols)} FROM w LEFT JOIN us ON {on} "
+                f"WHERE {rest('cost_micro')} != 0 OR abs({rest('energy_j')}) > 1e-3")
+    if ukeys and ukeys[0] in ("model", "tenant"):
+        # Every rest row (model None) sorts after every model's: the models in their group order
+        # (no second sort), then the rest by the other keys; two statements, one order.
+        names, rows = _rows(store, f"{usql} ORDER BY {', '.join(uterms)}", uargs, table=True)
+        rest_order = f" ORDER BY {', '.join(wkeys)}" if wkeys else ""
+        rows += _rows(store, rest_sql + rest_order, wargs + usargs, table=True)[1]
+        return (names, rows) if table else [dict(zip(names, r)) for r in rows]
     order = ", ".join(f"{k} IS NULL, {k}" for k in ukeys)
-    sql = (f"WITH u AS ({usql}), w AS ({wsql}), us AS ({us}) "
-           f"SELECT * FROM (SELECT {', '.join([*ukeys, 't', *tail])} FROM u UNION ALL "
-           f"SELECT {', '.join(rest_cols)} FROM w LEFT JOIN us ON {on} "
-           f"WHERE {rest('cost_micro')} != 0 OR abs({rest('energy_j')}) > 1e-3)"
+    sql = (f"SELECT * FROM (SELECT {', '.join(cols)} FROM ({usql}) UNION ALL SELECT * FROM ({rest_sql}))"
            + (f" ORDER BY {order}" if order else ""))
-    return _rows(store, sql, uargs + wargs, table=table)
+    return _rows(store, sql, uargs + wargs + usargs, table=table)
 
 
 def _rows(store: Store, sql: str, args: list[Any], table: bool = False) -> Any:
@@ -316,25 +330,34 @@ def _rows(store: Store, sql: str, args: list[Any], table: bool = False) -> Any:
 
 
 def _grouped_sql(lo: float, hi: float, keys: list[str], usage: bool, idle_time: bool,
-                 f: dict[str, str | None]) -> tuple[str, list[Any], list[str]] | None:
+                 f: dict[str, str | None]) -> tuple[str, list[Any], list[str], list[str]] | None:
+    """``(sql, args, keys, terms)``: the pieces' rows summed to ``keys`` (model and tenant
+    dropped from whole cells), and the GROUP BY terms, which an ORDER BY that wants the groups'
+    order repeats (SQLite then sorts once). Where the range is one piece of rollups of the
+    finest time key's own period, that key groups by the bucket itself, not an expression of
+    it, so a group by time (and node, device) reads the rollups in their key order and sorts
+    nothing."""
     keys = [k for k in keys if usage or k not in ("model", "tenant")]
     times = [k for k in keys if k in TIME_SIZES]
     finest = min(times, key=TIME_SIZES.__getitem__) if times else None
     pieces, args = [], []
-    for source, a, b in plan(lo, hi, HOUR if "hour" in times else DAY):
+    parts = plan(lo, hi, HOUR if "hour" in times else DAY)
+    for source, a, b in parts:
         sql, piece_args = _piece(source, a, b, usage, idle_time, f)
         pieces.append(sql)
         args += piece_args
     if not pieces:
         return None
+    own = finest is not None and len(parts) == 1 and parts[0][0] == finest
     sums = [k for k in SUMS if not (k in IDLE_TIME and (usage or not idle_time))]
-    select = [f"{KEY_SQL[k]} AS {k}" for k in keys]
-    select.append(f"{KEY_SQL[finest]} AS t" if finest else "NULL AS t")
-    select += [f"sum({k}) AS {k}" for k in sums]
+    select = [f"{'CAST(ts AS INTEGER)' if own and k == finest else KEY_SQL[k]} AS {k}" for k in keys]
+    select.append(("CAST(ts AS INTEGER)" if own else KEY_SQL[finest]) + " AS t" if finest else "NULL AS t")
+    select += [f"{USAGE_ZERO[k]} AS {k}" if usage and k in USAGE_ZERO else f"sum({k}) AS {k}" for k in sums]
     sql = f"SELECT {', '.join(select)} FROM ({' UNION ALL '.join(pieces)})"
+    terms = ["ts" if own and k == finest else k for k in keys]
     if keys:
-        sql += f" GROUP BY {', '.join(keys)}"
-    return sql, args, keys
+        sql += f" GROUP BY {', '.join(terms)}"
+    return sql, args, keys, terms
 
 
 def _piece(source: str, lo: float, hi: float, usage: bool, idle_time: bool,
@@ -371,6 +394,6 @@ def _piece(source: str, lo: float, hi: float, usage: bool, idle_time: bool,
                 where.append(f"{m}{col} = ?")
                 args.append(f[col])
         cols += [f"{m}model AS model", f"{m}tenant AS tenant"]
-    cols.append(f"{t} AS t")
+    cols.append(f"{t} AS ts")
     cols += [f"{sums[k]} AS {k}" for k in SUMS if k in sums]  # one column order for every piece
     return f"SELECT {', '.join(cols)} FROM {frm} WHERE {' AND '.join(where)}", args

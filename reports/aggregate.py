@@ -31,8 +31,8 @@ times the ceiling's price per token). Lower is better.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from operator import itemgetter
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from operator import add, itemgetter
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from meterd.agent.store_queries import IDLE_TIME
 from meterd.units import DAY, HOUR, J_PER_KWH, WEEK, iso
@@ -58,8 +58,6 @@ INT_SUMS = ("prompt_tokens", "completion_tokens", "cost_capex_micro", "cost_ener
 FLOAT_SUMS = ("seconds", "energy_j", "util_pct_s", "capacity_cost_micro", "capacity_tokens",
               "unavailable_seconds")
 SUMS = INT_SUMS + FLOAT_SUMS
-#: From this many rows a table of sums becomes figures column by column (NumPy).
-NUMPY_FROM_ROWS = 2000
 #: Sums only a bench gives (absent from cells without one: 0).
 CAPACITY = ("capacity_cost_micro", "capacity_tokens")
 #: Whole cells' time and utilization x time of their windows with no tokens (IDLE_TIME, from the
@@ -126,10 +124,18 @@ class Cells:
 @dataclass
 class Report:
     by: list[str]
-    rows: list[dict[str, Any]]
+    #: One mapping per row, the group's keys and its figures: a list, or Rows (the same held as
+    #: columns) where the store summed the report in SQL.
+    rows: Sequence[dict[str, Any]]
     totals: dict[str, Any]
     currency: str | None
     per_model: bool
+
+    def column(self, k: str) -> Sequence[Any]:
+        """One figure or key of every row, in row order (no row dicts built for Rows)."""
+        if isinstance(self.rows, Rows):
+            return self.rows.columns[k]
+        return [r[k] for r in self.rows]
 
 
 # -- sums -----------------------------------------------------------------------------------------
@@ -455,79 +461,102 @@ def aggregate(cells: Cells, by: Sequence[str], *, model: str | None = None,
     return Report(by=by, rows=rows, totals=figures(total), currency=cells.currency, per_model=pm)
 
 
-def _table_rows(table: tuple[list[str], list[tuple]], by: list[str]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """:func:`figures` of every row of a table of sums, column by column (NumPy: a year by hour
-    and device is 70,080 rows), and the totals' sums. The same figures as ``figures(row)``: the
-    same IEEE divisions (every sum here is below 2**53), None where the denominator is 0."""
+def _table_rows(table: tuple[list[str], list[tuple]], by: list[str]) -> tuple["Rows", dict[str, Any]]:
+    """:func:`figures` of every row of a table of sums, computed column by column (a year by
+    hour and device is 70,080 rows), as :class:`Rows`, and the totals' sums. The same figures
+    as ``figures(row)``, to the bit: the same Python divisions, None where a denominator is 0 or
+    a numerator unknown. Plain list comprehensions: converting the columns to NumPy arrays cost
+    more than the divisions (and NumPy's import ~100 ms)."""
     names, tuples = table
-    cols = dict(zip(names, (list(c) for c in zip(*tuples))))
     n = len(tuples)
+    cols: dict[str, Sequence[Any]] = dict(zip(names, zip(*tuples))) if n else {k: () for k in names}
     total = _zero()
     for k in SUMS:
         if k in cols:
-            total[k] = sum(cols[k], total[k])
-    if n < NUMPY_FROM_ROWS:  # a few rows: figures() each, and no NumPy import (~100 ms)
-        labels = [(k, k in TIME_KEYS, IDLE if k in ("model", "tenant") else "") for k in by]
-        rows = []
-        for t in tuples:
-            cell = dict(zip(names, t))
-            row = figures({**_FIRST, **cell})
-            for k, is_time, missing in labels:
-                v = cell[k]
-                row[k] = iso(v) if is_time else missing if v is None else v
-            rows.append(row)
-        return rows, total
-    import numpy as np
-    a = {k: np.asarray(cols[k], dtype=np.float64 if k in FLOAT_SUMS else np.int64) for k in SUMS if k in cols}
-    zeros = np.zeros(n, dtype=np.int64)
-    p, c = a["prompt_tokens"], a["completion_tokens"]
-    tokens = p + c
+            try:
+                total[k] = sum(cols[k], total[k])
+            except TypeError:  # a None: unknown
+                total[k] = None
 
-    def ratio(num, den) -> list:
-        out = np.divide(num, den, out=np.zeros(n), where=den != 0).tolist()
-        for i in np.flatnonzero(den == 0).tolist():
-            out[i] = None
-        return out
+    def col(k: str, zero: Any = 0) -> Sequence[Any]:
+        return cols[k] if k in cols else (zero,) * n
 
-    energy, seconds, cost = a["energy_j"], a["seconds"], a["cost_micro"]
-    none = [None] * n
-    fig = {
-        "prompt_tokens": cols["prompt_tokens"],
-        "cached_prompt_tokens": cols.get("cached_prompt_tokens", [0] * n),
-        "completion_tokens": cols["completion_tokens"],
-        "tokens": tokens.tolist(), "rounded_tokens": cols.get("rounded_tokens", [0] * n),
-        "seconds": cols["seconds"], "energy_j": cols["energy_j"],
-        "energy_kwh": (energy / J_PER_KWH).tolist(),
+    def ratio(num: Sequence[Any], den: Sequence[Any]) -> list[Any]:
+        return [a / b if b and a is not None else None for a, b in zip(num, den)]
+
+    p, c = cols["prompt_tokens"], cols["completion_tokens"]
+    tokens = list(map(add, p, c))
+    energy, seconds, cost = cols["energy_j"], cols["seconds"], cols["cost_micro"]
+    none = (None,) * n
+    fig: dict[str, Sequence[Any]] = {
+        "prompt_tokens": p, "cached_prompt_tokens": col("cached_prompt_tokens"), "completion_tokens": c,
+        "tokens": tokens, "rounded_tokens": col("rounded_tokens"),
+        "seconds": seconds, "energy_j": energy,
+        "energy_kwh": [None if e is None else e / J_PER_KWH for e in energy],
         **{k: cols[k] for k in ("cost_capex_micro", "cost_energy_micro", "cost_opex_micro", "cost_micro",
                                 "cost_prompt_micro", "cost_completion_micro", "idle_cost_micro")},
-        "unavailable_cost_micro": cols.get("unavailable_cost_micro", [0] * n),
-        "unavailable_seconds": cols.get("unavailable_seconds", [0.0] * n),
+        "unavailable_cost_micro": col("unavailable_cost_micro"),
+        "unavailable_seconds": col("unavailable_seconds", 0.0),
         "cost_per_mtok": ratio(cost, tokens),
-        "cost_per_mtok_prompt": ratio(a["cost_prompt_micro"], p),
-        "cost_per_mtok_completion": ratio(a["cost_completion_micro"], c),
+        "cost_per_mtok_prompt": ratio(cols["cost_prompt_micro"], p),
+        "cost_per_mtok_completion": ratio(cols["cost_completion_micro"], c),
         "j_per_token": ratio(energy, tokens),
         "tokens_per_s": ratio(tokens, seconds),
         "avg_power_w": ratio(energy, seconds),
-        "util_pct": ratio(a.get("util_pct_s", zeros), seconds),
-        "idle_cost_share": ratio(a["idle_cost_micro"], cost),
+        "util_pct": ratio(col("util_pct_s"), seconds),
+        "idle_cost_share": ratio(cols["idle_cost_micro"], cost),
         "capacity_cost_per_mtok": none, "realized_over_capacity": none,
     }
-    order = list(figures(_zero()))
-    assert list(fig) == order, "figures() and _table_rows() name the same figures in the same order"
+    assert list(fig) == list(figures(_zero())), "figures() and _table_rows() name the same figures in the same order"
     stamps: dict[int, str] = {}
     for k in by:
-        col = cols[k]
+        keys = cols[k]
         if k in TIME_KEYS:
-            for t in col:
-                if t not in stamps:
-                    stamps[t] = iso(t)
-            fig[k] = [stamps[t] for t in col]
+            for t in set(keys):
+                stamps[t] = iso(t)
+            fig[k] = [stamps[t] for t in keys]
         elif k in ("model", "tenant"):
-            fig[k] = [IDLE if v is None else v for v in col]
+            fig[k] = [IDLE if v is None else v for v in keys]
         else:
-            fig[k] = ["" if v is None else v for v in col]
-    keys = list(fig)
-    return [dict(zip(keys, vals)) for vals in zip(*fig.values())], total
+            fig[k] = ["" if v is None else v for v in keys]
+    return Rows(fig, n), total
+
+
+class Rows(Sequence[dict[str, Any]]):
+    """A report's rows held as columns (one list per figure and key, the names in the order a
+    row dict from :func:`figures` has them): a year by hour and device is 70,080 rows of 30
+    figures, and building 2 million dict entries was most of such a report's time. A row is a
+    dict built when it is read; renderers that go column by column read :attr:`columns` (or
+    :meth:`Report.column`) and build none."""
+
+    __slots__ = ("columns", "_n")
+
+    def __init__(self, columns: dict[str, Sequence[Any]], n: int) -> None:
+        self.columns = columns
+        self._n = n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._n))]
+        if not -self._n <= i < self._n:
+            raise IndexError("report row index out of range")
+        return {k: v[i] for k, v in self.columns.items()}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        names = list(self.columns)
+        for values in zip(*self.columns.values()):
+            yield dict(zip(names, values))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (Rows, list, tuple)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"Rows({self._n} rows: {', '.join(self.columns)})"
 
 
 def _sort_key(key: tuple) -> tuple:

@@ -46,19 +46,60 @@ def test_grouped_in_sql_equals_grouped_in_python(busy, by):  # noqa: F811
         same(fast.totals, ref.totals)
 
 
-def test_large_tables_take_the_column_path_and_agree(busy, monkeypatch):  # noqa: F811
-    from meterd.reports import aggregate as agg
+def test_the_column_figures_are_figures_of_each_row_to_the_bit():
+    """reports/aggregate.py computes a table's figures column by column; each row's equal what
+    figures() makes of its sums, exactly (zero denominators, None numerators, ints past 2**53)."""
+    from meterd.reports.aggregate import IDLE, SUMS, _table_rows, figures
+    from meterd.units import iso
+
+    names = ["model", "hour", *(k for k in SUMS if k not in ("capacity_cost_micro", "capacity_tokens"))]
+    base = dict.fromkeys(names[2:], 0)
+    cases = [
+        {},  # every sum 0: every ratio None
+        {"prompt_tokens": 3, "completion_tokens": 7, "cost_micro": 10, "seconds": 60.0, "energy_j": 7.5,
+         "util_pct_s": 3000.0, "cost_prompt_micro": 4, "cost_completion_micro": 6, "idle_cost_micro": 1},
+        {"prompt_tokens": 2**53 + 1, "completion_tokens": 3, "cost_micro": 2**60 + 7, "seconds": 0.1,
+         "energy_j": 1e-300, "cost_prompt_micro": 2**55 + 3},
+        {"cost_micro": 5, "idle_cost_micro": 5, "seconds": 30.0, "energy_j": 100.0},  # no tokens
+        {"prompt_tokens": 1, "cost_micro": None, "cost_prompt_micro": None, "energy_j": 2.0},  # unknown
+    ]
+    rows = [(m, 1_764_547_200 + 3600 * i, *({**base, **c}[k] for k in names[2:]))
+            for i, c in enumerate(cases) for m in ("a", None)]
+    got, total = _table_rows((names, rows), ["model", "hour"])
+    assert len(got) == len(rows)
+    for r, t in zip(got, rows):
+        want = figures({**dict(zip(names, t)), "capacity_cost_micro": 0.0, "capacity_tokens": 0.0})
+        want.update(model=IDLE if t[0] is None else t[0], hour=iso(t[1]))
+        assert r == want  # == on floats: the same divisions, bit for bit
+        assert list(r) == list(want)
+    assert total["cost_micro"] is None and total["prompt_tokens"] == sum(t[names.index("prompt_tokens")] for t in rows)
+
+
+def test_rows_are_a_read_only_sequence_of_row_dicts_held_as_columns():
+    from meterd.reports.aggregate import Report, Rows
+
+    rows = Rows({"a": [1, 2, 3], "b": ["x", "y", "z"]}, 3)
+    assert len(rows) == 3 and rows[0] == {"a": 1, "b": "x"} and rows[-1] == {"a": 3, "b": "z"}
+    assert rows[1:] == [{"a": 2, "b": "y"}, {"a": 3, "b": "z"}] and rows[:1] + rows[-1:] == [rows[0], rows[2]]
+    assert list(rows) == [rows[0], rows[1], rows[2]] and rows == list(rows) and rows != list(rows)[:2]
+    with pytest.raises(IndexError):
+        rows[3]
+    with pytest.raises(IndexError):
+        rows[-4]
+    rep = Report(by=["b"], rows=rows, totals={}, currency="USD", per_model=False)
+    assert rep.column("a") == [1, 2, 3] and rep.column("a") is rows.columns["a"]  # no row built
+    assert Report(by=["b"], rows=list(rows), totals={}, currency="USD", per_model=False).column("b") == ["x", "y", "z"]
+
+
+def test_large_reports_come_as_columns_and_agree(busy):  # noqa: F811
+    from meterd.reports.aggregate import Rows
 
     for by in (["hour", "device"], ["model", "hour"], ["tenant", "day", "device"]):
-        small = both(busy, by, Filters())[0]
-        monkeypatch.setattr(agg, "NUMPY_FROM_ROWS", 0)
-        big, ref = both(busy, by, Filters())
-        monkeypatch.undo()
-        assert len(big.rows) == len(ref.rows) == len(small.rows) > 10
-        for a, b, c in zip(big.rows, ref.rows, small.rows):
+        fast, ref = both(busy, by, Filters())
+        assert isinstance(fast.rows, Rows) and len(fast.rows) == len(ref.rows) > 10
+        for a, b in zip(fast.rows, ref.rows):
             same(a, b)
-            same(a, c)
-        same(big.totals, ref.totals)
+        same(fast.totals, ref.totals)
 
 
 def test_the_fleet_by_every_key_pair(fleet):
