@@ -46,33 +46,47 @@ def test_grouped_in_sql_equals_grouped_in_python(busy, by):  # noqa: F811
         same(fast.totals, ref.totals)
 
 
-def test_the_column_figures_are_figures_of_each_row_to_the_bit():
-    """reports/aggregate.py computes a table's figures column by column; each row's equal what
-    figures() makes of its sums, exactly (zero denominators, None numerators, ints past 2**53)."""
-    from meterd.reports.aggregate import IDLE, SUMS, _table_rows, figures
+CLEAN = [
+    {},  # every sum 0: every ratio None
+    {"prompt_tokens": 3, "completion_tokens": 7, "cost_micro": 10, "seconds": 60.0, "energy_j": 7.5,
+     "util_pct_s": 3000.0, "cost_prompt_micro": 4, "cost_completion_micro": 6, "idle_cost_micro": 1},
+    {"cost_micro": 5, "idle_cost_micro": 5, "seconds": 30.0, "energy_j": 100.0},  # no tokens
+    {"prompt_tokens": 2**53 - 9, "completion_tokens": 8, "cost_micro": 2**53 - 1, "seconds": 0.1,
+     "energy_j": 1e-300, "cost_prompt_micro": 2**52 + 3, "cost_energy_micro": -7},
+]
+EDGE = [
+    {"prompt_tokens": 2**53 + 1, "completion_tokens": 3, "cost_micro": 2**60 + 7, "cost_prompt_micro": 2**55 + 3},
+    {"prompt_tokens": 1, "cost_micro": None, "cost_prompt_micro": None, "energy_j": 2.0},  # unknown
+    {"prompt_tokens": 1, "energy_j": None, "seconds": 1.0},  # unknown energy
+]
+
+
+@pytest.mark.parametrize("numpy_from", [10**9, 0], ids=["python", "numpy"])
+@pytest.mark.parametrize("cases", [CLEAN, CLEAN + EDGE], ids=["clean", "edge"])
+def test_the_column_figures_are_figures_of_each_row_to_the_bit(monkeypatch, numpy_from, cases):
+    """reports/aggregate.py computes a table's figures column by column (in Python, or through
+    NumPy for large tables); each row's equal what figures() makes of its sums, exactly: zero
+    denominators, None numerators, integers near and past 2**53 (NumPy hands those back)."""
+    from meterd.reports import aggregate as agg
     from meterd.units import iso
 
-    names = ["model", "hour", *(k for k in SUMS if k not in ("capacity_cost_micro", "capacity_tokens"))]
-    base = dict.fromkeys(names[2:], 0)
-    cases = [
-        {},  # every sum 0: every ratio None
-        {"prompt_tokens": 3, "completion_tokens": 7, "cost_micro": 10, "seconds": 60.0, "energy_j": 7.5,
-         "util_pct_s": 3000.0, "cost_prompt_micro": 4, "cost_completion_micro": 6, "idle_cost_micro": 1},
-        {"prompt_tokens": 2**53 + 1, "completion_tokens": 3, "cost_micro": 2**60 + 7, "seconds": 0.1,
-         "energy_j": 1e-300, "cost_prompt_micro": 2**55 + 3},
-        {"cost_micro": 5, "idle_cost_micro": 5, "seconds": 30.0, "energy_j": 100.0},  # no tokens
-        {"prompt_tokens": 1, "cost_micro": None, "cost_prompt_micro": None, "energy_j": 2.0},  # unknown
-    ]
+    monkeypatch.setattr(agg, "NUMPY_FROM_ROWS", numpy_from)
+    names = ["model", "hour", *(k for k in agg.SUMS if k not in agg.CAPACITY)]
+    base = {k: 0.0 if k in agg.FLOAT_SUMS else 0 for k in names[2:]}  # as SQLite sums them
     rows = [(m, 1_764_547_200 + 3600 * i, *({**base, **c}[k] for k in names[2:]))
             for i, c in enumerate(cases) for m in ("a", None)]
-    got, total = _table_rows((names, rows), ["model", "hour"])
+    assert (agg._numpy_columns(names, rows) is None) == (cases is not CLEAN)
+    got, total = agg._table_rows((names, rows), ["model", "hour"])
     assert len(got) == len(rows)
     for r, t in zip(got, rows):
-        want = figures({**dict(zip(names, t)), "capacity_cost_micro": 0.0, "capacity_tokens": 0.0})
-        want.update(model=IDLE if t[0] is None else t[0], hour=iso(t[1]))
+        want = agg.figures({**dict(zip(names, t)), "capacity_cost_per_mtok": 0.0, "capacity_tokens": 0.0,
+                            "capacity_cost_micro": 0.0})
+        want.update(model=agg.IDLE if t[0] is None else t[0], hour=iso(t[1]))
         assert r == want  # == on floats: the same divisions, bit for bit
-        assert list(r) == list(want)
-    assert total["cost_micro"] is None and total["prompt_tokens"] == sum(t[names.index("prompt_tokens")] for t in rows)
+        assert list(r) == list(want) and all(type(r[k]) is type(want[k]) for k in r)
+    i = names.index("prompt_tokens")
+    assert total["prompt_tokens"] == sum(t[i] for t in rows) and type(total["prompt_tokens"]) is int
+    assert (total["cost_micro"] is None) == (cases is not CLEAN)
 
 
 def test_rows_are_a_read_only_sequence_of_row_dicts_held_as_columns():
@@ -91,9 +105,12 @@ def test_rows_are_a_read_only_sequence_of_row_dicts_held_as_columns():
     assert Report(by=["b"], rows=list(rows), totals={}, currency="USD", per_model=False).column("b") == ["x", "y", "z"]
 
 
-def test_large_reports_come_as_columns_and_agree(busy):  # noqa: F811
+@pytest.mark.parametrize("numpy_from", [10**9, 0], ids=["python", "numpy"])
+def test_large_reports_come_as_columns_and_agree(busy, monkeypatch, numpy_from):  # noqa: F811
+    from meterd.reports import aggregate as agg
     from meterd.reports.aggregate import Rows
 
+    monkeypatch.setattr(agg, "NUMPY_FROM_ROWS", numpy_from)
     for by in (["hour", "device"], ["model", "hour"], ["tenant", "day", "device"]):
         fast, ref = both(busy, by, Filters())
         assert isinstance(fast.rows, Rows) and len(fast.rows) == len(ref.rows) > 10
