@@ -476,18 +476,7 @@ def _table_rows(table: tuple[list[str], list[tuple]], by: list[str]) -> tuple["R
     names, tuples = table
     n = len(tuples)
     got = _numpy_columns(names, tuples) if n >= NUMPY_FROM_ROWS else None
-    if got is None:
-        cols: dict[str, Sequence[Any]] = dict(zip(names, zip(*tuples))) if n else {k: () for k in names}
-
-        def ratio(num: Sequence[Any], den: Sequence[Any]) -> list[Any]:
-            return [a / b if b and a is not None else None for a, b in zip(num, den)]
-
-        p, c = cols["prompt_tokens"], cols["completion_tokens"]
-        tokens: Sequence[Any] = list(map(add, p, c))
-        energy = cols["energy_j"]
-        kwh: Sequence[Any] = [None if e is None else e / J_PER_KWH for e in energy]
-    else:
-        cols, ratio, tokens, kwh = got
+    cols, ratio, tokens, kwh = got if got is not None else _python_columns(names, tuples)
     total = _zero()
     for k in SUMS:
         if k in cols:
@@ -499,26 +488,23 @@ def _table_rows(table: tuple[list[str], list[tuple]], by: list[str]) -> tuple["R
     def col(k: str, zero: Any = 0) -> Sequence[Any]:
         return cols[k] if k in cols else (zero,) * n
 
-    p, c = cols["prompt_tokens"], cols["completion_tokens"]
-    energy, seconds, cost = cols["energy_j"], cols["seconds"], cols["cost_micro"]
     none = (None,) * n
     fig: dict[str, Sequence[Any]] = {
-        "prompt_tokens": p, "cached_prompt_tokens": col("cached_prompt_tokens"), "completion_tokens": c,
-        "tokens": tokens, "rounded_tokens": col("rounded_tokens"),
-        "seconds": seconds, "energy_j": energy, "energy_kwh": kwh,
+        "prompt_tokens": cols["prompt_tokens"], "cached_prompt_tokens": col("cached_prompt_tokens"),
+        "completion_tokens": cols["completion_tokens"], "tokens": tokens, "rounded_tokens": col("rounded_tokens"),
+        "seconds": cols["seconds"], "energy_j": cols["energy_j"], "energy_kwh": kwh,
         **{k: cols[k] for k in ("cost_capex_micro", "cost_energy_micro", "cost_opex_micro", "cost_micro",
                                 "cost_prompt_micro", "cost_completion_micro", "idle_cost_micro")},
         "unavailable_cost_micro": col("unavailable_cost_micro"),
         "unavailable_seconds": col("unavailable_seconds", 0.0),
-        "cost_per_mtok": ratio("cost_micro", "tokens") if got else ratio(cost, tokens),
-        "cost_per_mtok_prompt": ratio("cost_prompt_micro", "prompt_tokens") if got else ratio(cols["cost_prompt_micro"], p),
-        "cost_per_mtok_completion": (ratio("cost_completion_micro", "completion_tokens") if got
-                                     else ratio(cols["cost_completion_micro"], c)),
-        "j_per_token": ratio("energy_j", "tokens") if got else ratio(energy, tokens),
-        "tokens_per_s": ratio("tokens", "seconds") if got else ratio(tokens, seconds),
-        "avg_power_w": ratio("energy_j", "seconds") if got else ratio(energy, seconds),
-        "util_pct": ratio("util_pct_s", "seconds") if got else ratio(col("util_pct_s"), seconds),
-        "idle_cost_share": ratio("idle_cost_micro", "cost_micro") if got else ratio(cols["idle_cost_micro"], cost),
+        "cost_per_mtok": ratio("cost_micro", "tokens"),
+        "cost_per_mtok_prompt": ratio("cost_prompt_micro", "prompt_tokens"),
+        "cost_per_mtok_completion": ratio("cost_completion_micro", "completion_tokens"),
+        "j_per_token": ratio("energy_j", "tokens"),
+        "tokens_per_s": ratio("tokens", "seconds"),
+        "avg_power_w": ratio("energy_j", "seconds"),
+        "util_pct": ratio("util_pct_s", "seconds"),
+        "idle_cost_share": ratio("idle_cost_micro", "cost_micro"),
         "capacity_cost_per_mtok": none, "realized_over_capacity": none,
     }
     assert list(fig) == list(figures(_zero())), "figures() and _table_rows() name the same figures in the same order"
@@ -536,12 +522,31 @@ def _table_rows(table: tuple[list[str], list[tuple]], by: list[str]) -> tuple["R
     return Rows(fig, n), total
 
 
-def _numpy_columns(names: list[str], tuples: list[tuple]) -> tuple[dict[str, list], Callable, list, list] | None:
+#: A table's columns by name, ``ratio(numerator, denominator)`` of two of them (or of
+#: "tokens") as figures() divides them, the tokens and the kWh.
+Columns = tuple[dict[str, Sequence[Any]], Callable[[str, str], list[Any]], Sequence[Any], Sequence[Any]]
+
+
+def _python_columns(names: list[str], tuples: list[tuple]) -> Columns:
+    """The table's columns in plain Python: a pass per column (no NumPy import)."""
+    n = len(tuples)
+    cols: dict[str, Sequence[Any]] = dict(zip(names, zip(*tuples))) if n else {k: () for k in names}
+    tokens = list(map(add, cols["prompt_tokens"], cols["completion_tokens"]))
+    named = {**cols, "tokens": tokens}
+
+    def ratio(num: str, den: str) -> list[Any]:
+        return [a / b if b and a is not None else None
+                for a, b in zip(named.get(num, (0,) * n), named[den])]
+
+    return cols, ratio, tokens, [None if e is None else e / J_PER_KWH for e in cols["energy_j"]]
+
+
+def _numpy_columns(names: list[str], tuples: list[tuple]) -> Columns | None:
     """The table's columns read through one NumPy structured array -- one pass over the row
     tuples in their order, where a Python pass per column over the rows' objects misses the
     cache on every value (a year by hour and device: ~45 ms against ~170 ms) -- as Python
-    lists, with a ``ratio(num, den)`` of two named columns, the tokens and the kWh. None
-    (the caller goes column by column in Python) where the columns do not convert exactly:
+    lists, as :func:`_python_columns` gives them. None (the caller goes column by column in
+    Python) where the columns do not convert exactly:
     NumPy missing, an unknown (None) sum, an integer from 2**53 on."""
     try:
         import numpy as np
