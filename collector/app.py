@@ -27,7 +27,7 @@ from meterd.limits import MAX_SAFE_INT
 from meterd.units import iso
 from meterd.collector.auth import Principal, authenticate
 from meterd.collector.export import parse_bound, ratios
-from meterd.collector.store import GROUP_KEYS, CollectorStore, IngestResult, Query
+from meterd.collector.store import GROUP_KEYS, CollectorStore, IngestResult, Query, database_errors
 from meterd.collector.validation import Checked, MalformedJSON, WrongShape, check_body
 
 SINGLE_CONTENT_TYPE = "application/cloudevents+json"
@@ -39,23 +39,22 @@ DEFAULT_BODY_TIMEOUT_S = 30.0
 log = logging.getLogger(__name__)
 
 
-def _db_errors() -> tuple[type[BaseException], ...]:
-    """What a backend raises when its database cannot take a write now."""
-    import sqlite3
+_DB_ERRORS = database_errors()
 
-    from meterd.errors import StoreError
 
-    errors: list[type[BaseException]] = [sqlite3.Error, OSError, StoreError]
+async def _read(query: Any, *args: Any) -> Any:
+    """A store query in the thread pool; a database that cannot answer is a 503 naming why in
+    one line (a load balancer asks another replica; a script retries), never a bare 500."""
     try:
-        import psycopg
+        return await run_in_threadpool(query, *args)
+    except _DB_ERRORS as e:
+        log.error("collector database cannot answer a query: %s", _first_line(e))
+        raise _Refused(503, "the collector's database cannot answer now, retry later", detail=_first_line(e),
+                       retry_after=5) from None
 
-        errors.append(psycopg.Error)
-    except ImportError:
-        pass
-    return tuple(errors)
 
-
-_DB_ERRORS = _db_errors()
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0][:300] if str(e) else type(e).__name__
 MAX_LIMIT = 10_000
 
 
@@ -148,7 +147,7 @@ def create_app(store: CollectorStore, *, max_body_bytes: int = DEFAULT_MAX_BODY_
         except _DB_ERRORS as e:  # the database cannot take the batch now: the node retries it
             health.failed(e)
             raise _Refused(503, "the collector's database cannot store events now; nothing was stored, "
-                                "retry later", detail=str(e).splitlines()[0][:300] if str(e) else type(e).__name__,
+                                "retry later", detail=_first_line(e),
                            retry_after=5) from None
         if result is not None:
             health.ok()
@@ -169,7 +168,7 @@ def create_app(store: CollectorStore, *, max_body_bytes: int = DEFAULT_MAX_BODY_
         q = _query(request, who)
         limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
         after = _int_param(request, "after", None, 0, None)
-        rows = await run_in_threadpool(store.windows, q, limit, after)
+        rows = await _read(store.windows, q, limit, after)
         out = [_window_json(r) for r in rows]
         nxt = str(rows[-1]["seq"]) if len(rows) == limit else None
         return _reply(200, {"windows": out, "next": nxt})
@@ -182,7 +181,7 @@ def create_app(store: CollectorStore, *, max_body_bytes: int = DEFAULT_MAX_BODY_
         bad = [g for g in group_by if g not in GROUP_KEYS]
         if bad or len(set(group_by)) != len(group_by):
             raise _Refused(400, f"group_by takes distinct keys from {', '.join(GROUP_KEYS)}")
-        rows = await run_in_threadpool(store.usage, group_by, q)
+        rows = await _read(store.usage, group_by, q)
         return _reply(200, {
             "group_by": group_by,
             "since": None if q.since is None else iso(q.since),

@@ -49,6 +49,21 @@ _USAGE_COLS = (
 )
 
 
+
+def database_errors() -> tuple[type[BaseException], ...]:
+    """What a backend raises when its database cannot answer or take a write now (psycopg's
+    only where the postgres extra is installed)."""
+    from meterd.errors import StoreError
+
+    errors: list[type[BaseException]] = [sqlite3.Error, OSError, StoreError]
+    try:
+        import psycopg
+
+        errors.append(psycopg.Error)
+    except ImportError:
+        pass
+    return tuple(errors)
+
 @dataclass(frozen=True)
 class IngestResult:
     accepted: int

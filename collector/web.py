@@ -14,6 +14,7 @@ either, ``/report`` answers 401 with the login form; a node token is refused (40
 from __future__ import annotations
 
 import html
+import logging
 import time
 import urllib.parse
 from typing import Sequence
@@ -25,7 +26,7 @@ from starlette.routing import Route
 
 from meterd.collector.auth import SESSION_COOKIE, SESSION_S, authenticate, open_session, session_principal
 from meterd.collector.export import parse_bound, ratios
-from meterd.collector.store import CollectorStore, Query
+from meterd.collector.store import CollectorStore, Query, database_errors
 from meterd.errors import QueryError
 from meterd.reports.aggregate import DEFAULT_BY, Cells, ReportError, parse_by
 from meterd.reports.query import Filters, cells_of_groups, collector_params
@@ -40,6 +41,8 @@ _HEADERS = {"Content-Security-Policy": _CSP, "Cache-Control": "no-store", "X-Con
 _PAGE_CSS = ("body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222} .error{color:#b00020;font-weight:bold}"
              " input{font:inherit;padding:2px 4px}")
 
+
+log = logging.getLogger(__name__)
 
 def _e(v: object) -> str:
     return html.escape(str(v), quote=True)
@@ -119,6 +122,8 @@ def _next_of(text: str) -> str:
 
 
 def routes(store: CollectorStore) -> list[Route]:
+    db_errors = database_errors()
+
     async def reader_of(request: Request):
         """The principal of the request (header first, then the cookie), or None."""
         header = request.headers.get("authorization")
@@ -158,6 +163,12 @@ def routes(store: CollectorStore) -> list[Route]:
         except ReportError as e:
             return _page("meter report", "<h1>meter report</h1>" + controls
                          + f'<p class="error" role="alert">{_e(e)}</p>', 400)
+        except db_errors as e:  # the figures cannot be read now: say so, in one line, and keep the form
+            why = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            log.error("collector database cannot answer the report: %s", why)
+            return _page("meter report", "<h1>meter report</h1>" + controls
+                         + f'<p class="error" role="alert">the collector\'s database cannot answer now, '
+                         f"retry later: {_e(why)}</p>", 503, {"Retry-After": "5"})
         return HTMLResponse(text, headers=_HEADERS)
 
     async def login(request: Request) -> Response:

@@ -137,6 +137,42 @@ def test_readyz_fails_while_the_database_cannot_take_writes(tmp_path):
         store.close()
 
 
+def test_a_database_that_cannot_answer_is_a_one_line_503_on_the_api_and_the_page(tmp_path):
+    """A read the database cannot answer (here its usage table gone from under it) is a 503 that
+    says why in one line, with Retry-After, on GET /api/v1/usage, /api/v1/windows and /report:
+    never a bare 500. Once the table is back, the same requests answer."""
+    import httpx
+
+    store = SQLiteStore(tmp_path / "c.db")
+    read = create_token(store, "finance", scope="read")
+    node = create_token(store, "n1")
+    auth = {"authorization": f"Bearer {read}"}
+    try:
+        with _Server(create_app(store)) as srv, httpx.Client(base_url=f"http://127.0.0.1:{srv.port}") as client:
+            assert post_batch(client, minutes(5), node).status_code == 200
+            assert client.get("/api/v1/usage", params={"group_by": "model"}, headers=auth).status_code == 200
+            other = sqlite3.connect(tmp_path / "c.db", isolation_level=None)
+            for a, b in (("usage", "usage_away"), ("windows", "windows_away")):
+                other.execute(f"ALTER TABLE {a} RENAME TO {b}")
+            for path, params in (("/api/v1/usage", {"group_by": "model"}), ("/api/v1/windows", {})):
+                r = client.get(path, params=params, headers=auth)
+                assert r.status_code == 503 and r.headers["retry-after"] == "5", (path, r.text)
+                body = r.json()
+                assert body["error"] == "the collector's database cannot answer now, retry later"
+                assert "no such table" in body["detail"] and "\n" not in body["detail"]
+            r = client.get("/report", headers=auth)
+            assert r.status_code == 503 and r.headers["retry-after"] == "5"
+            assert "database cannot answer now, retry later: no such table" in r.text
+            assert "Traceback" not in r.text and '<form class="filters"' in r.text
+            for a, b in (("usage_away", "usage"), ("windows_away", "windows")):
+                other.execute(f"ALTER TABLE {a} RENAME TO {b}")
+            other.close()
+            assert client.get("/api/v1/usage", params={"group_by": "model"}, headers=auth).status_code == 200
+            assert client.get("/report", headers=auth).status_code == 200
+    finally:
+        store.close()
+
+
 def test_a_slow_client_is_cut_off_by_the_header_and_body_timeouts(tmp_path):
     store = SQLiteStore(tmp_path / "c.db")
     token = create_token(store, "n1")
