@@ -2,7 +2,7 @@
 text out. Charts are inline SVG drawn here (no script, no CDN, no font or image to fetch):
 
 - cost per Mtok over time (hourly or daily);
-- tokens/s against power, one point per device-hour, coloured by device;
+- tokens/s against power, one point per device-hour, coloured by device (a node's, in a fleet);
 - the roofline of each benched device (attainable FLOP/s against arithmetic intensity, log-log)
   with the live operating points: achieved FLOP/s = 2 × active params × tokens/s over the
   model's serving time, placed at the model's decode intensity at the bench's batch and context.
@@ -141,16 +141,23 @@ def power_chart(scatter: Report) -> str:
     if len(rows) > MAX_POINTS:
         step = len(rows) / MAX_POINTS
         rows = [rows[int(i * step)] for i in range(MAX_POINTS)]
-    devices = list(dict.fromkeys(r["device"] for r in scatter.rows))
+    # A device is (node, device): in a fleet every node has a GPU-0. Named by node too where
+    # the chart holds more than one node.
+    def device_of(r: dict[str, Any]) -> tuple[str, str]:
+        return (r.get("node") or "", r["device"])
+
+    devices = list(dict.fromkeys(device_of(r) for r in scatter.rows))
+    colour = {d: COLOURS[i % len(COLOURS)] for i, d in enumerate(devices)}
+    several = len({n for n, _ in devices}) > 1
     x = _Axis(0, max(r["avg_power_w"] for r in rows) * 1.05 or 1, ML, W - MR)
     y = _Axis(0, max(r["tokens_per_s"] for r in rows) * 1.1 or 1, H - MB, MT)
     out = _frame("tokens/s against power", "mean power (W)", "tokens/s", x, y)
     for r in rows:
-        c = COLOURS[devices.index(r["device"]) % len(COLOURS)]
+        c = colour[device_of(r)]
         out.append(f'<circle cx="{x(r["avg_power_w"]):.1f}" cy="{y(r["tokens_per_s"]):.1f}" r="2" '
                    f'fill="{c}" fill-opacity="0.6"/>')
     out.append("</svg>")
-    return "".join(out) + f'<div class="legend">{_legend(devices)}</div>'
+    return "".join(out) + f'<div class="legend">{_legend([f"{n} {d}" if several else d for n, d in devices])}</div>'
 
 
 def roofline_chart(capacity: Sequence[dict[str, Any]], points: Report) -> str:

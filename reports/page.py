@@ -20,10 +20,11 @@ def report_of(read: Reader, by: Sequence[str], f: Filters) -> tuple[Report, Cell
 
 def html_views(f: Filters, keys: Sequence[str]) -> dict[str, list[str]]:
     """The charts' own groupings: cost per Mtok over time (hourly for a range under three days,
-    else daily), device-hours for tokens/s against power, device and model for the roofline."""
+    else daily), device-hours for tokens/s against power (by node too: two nodes' GPU-0 are two
+    devices), device and model for the roofline."""
     span = (f.until or time.time()) - f.since if f.since is not None else None
     period = "hour" if span is not None and span <= 3 * 86400 else "day"
-    return {"trend": [period], "scatter": ["device", "hour"], "points": ["device", "model"]}
+    return {"trend": [period], "scatter": ["node", "device", "hour"], "points": ["device", "model"]}
 
 
 #: Longest range whose tokens/s-against-power chart has a point per device-hour; beyond it, one
@@ -39,7 +40,7 @@ def scatter_by(f: Filters, trend: Report) -> list[str]:
     stamps = [parse_iso(r[key]) for r in trend.rows[:1] + trend.rows[-1:]]
     lo = f.since if f.since is not None else (min(stamps) if stamps else 0.0)
     hi = f.until if f.until is not None else (max(stamps) + 86400 if stamps else 0.0)
-    return ["device", "hour" if hi - lo <= SCATTER_HOURS_UP_TO_S else "day"]
+    return ["node", "device", "hour" if hi - lo <= SCATTER_HOURS_UP_TO_S else "day"]
 
 
 def html_page(read: Reader, keys: Sequence[str], f: Filters, rep: Report, cells: Cells, *,

@@ -33,6 +33,25 @@ def test_page_is_self_contained_with_three_charts_and_the_table(fleet):
         assert f"<td>{model}</td>" in page
 
 
+def test_the_power_chart_tells_two_nodes_gpu_0_apart():
+    """In a fleet every node has a GPU-0: the chart's points are by node and device, each its own
+    colour and legend entry, named by node; with one node the legend names the device alone."""
+    from meterd.reports.aggregate import Report
+    from meterd.reports.html import COLOURS, power_chart
+
+    def row(node, watts, tps):
+        return {"node": node, "device": "GPU-0", "hour": "2026-11-23T00:00:00Z", "avg_power_w": watts,
+                "tokens_per_s": tps}
+
+    two = power_chart(Report(by=["node", "device", "hour"], rows=[row("n1", 300.0, 10.0), row("n2", 600.0, 40.0)],
+                             totals={}, currency="USD", per_model=False))
+    assert "n1 GPU-0" in two and "n2 GPU-0" in two
+    assert f'fill="{COLOURS[0]}" fill-opacity' in two and f'fill="{COLOURS[1]}" fill-opacity' in two
+    one = power_chart(Report(by=["node", "device", "hour"], rows=[row("n1", 300.0, 10.0)], totals={},
+                             currency="USD", per_model=False))
+    assert "</i>GPU-0</span>" in one and "n1 GPU-0" not in one
+
+
 def test_time_ticks_fall_on_whole_hours_and_days():
     assert _time_ticks(MON + 10, MON + 5 * HOUR) == [MON + HOUR * i for i in range(1, 6)]
     ticks = _time_ticks(MON, MON + 30 * DAY)
