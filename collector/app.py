@@ -133,10 +133,10 @@ def create_app(store: CollectorStore, *, max_body_bytes: int = DEFAULT_MAX_BODY_
             checked = check_body(body, node=who.name, single=single, max_errors=max_errors)
             if checked.foreign or checked.errors:
                 return checked, [], None
-            overlaps = store.overlapping(checked.parsed)  # windows of a device never overlap
-            if overlaps:
-                return checked, overlaps, None
-            return checked, [], store.ingest(checked.parsed)
+            # The store refuses a batch with a window overlapping another of its device, checked
+            # in the ingest's own transaction (atomic across replicas): then nothing is stored.
+            result = store.ingest(checked.parsed)
+            return checked, list(result.overlaps), None if result.overlaps else result
 
         try:
             checked, overlaps, result = await run_in_threadpool(check_and_store)

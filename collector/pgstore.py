@@ -8,7 +8,10 @@ index decides, between concurrent writers too: a second replica inserting the sa
 for the first one's transaction and then skips it, so the counts each replica answers (accepted,
 duplicates) are exact and a 200 still means every event of the batch is held. The events of a
 batch insert in (source, id) order, so two replicas sending overlapping batches take the index
-entries in the same order and cannot deadlock.
+entries in the same order and cannot deadlock. Windows of one device never overlap: a batch
+takes a transaction advisory lock per (node, device) of its own (:func:`device_lock`, in key
+order) before it checks the stored windows, and holds them to its commit, so no other replica can
+store an overlapping window between the check and the insert.
 
 Tables live in the ``meterd`` schema, partitioned by month of the window start (a partition per
 month, made the first time a batch needs it, under an advisory lock; months outside 2000-2099 go
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import calendar
 import contextlib
+import hashlib
 import time
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -38,14 +42,23 @@ try:
 except ImportError as e:  # pragma: no cover - the extra is missing
     raise ImportError("the PostgreSQL store needs psycopg: pip install 'meterd[postgres]'") from e
 
-from meterd.collector.store import (_USAGE_COLS, _WINDOW_COLS, Dialect, IngestResult, SQLStore,
-                                    child_rows, first_copies, redact)
+from meterd.collector.store import (_USAGE_COLS, _WINDOW_COLS, STORED_WINDOWS_SQL, Dialect, IngestResult,
+                                    SQLStore, child_rows, first_copies, overlap_errors, redact)
 from meterd.collector.validation import Parsed
 from meterd.errors import StoreUnavailable, StoreVersionError
 
 SCHEMA = "meterd"
 MIGRATE_LOCK = 0x6D65_7465_7264_0001  # pg_advisory_xact_lock keys ("meterd" + 1, + 2)
 PARTITION_LOCK = 0x6D65_7465_7264_0002
+
+
+def device_lock(node: str, device: str) -> int:
+    """The transaction advisory lock key of one (node, device): a batch holds its devices' keys
+    from the overlap check to its commit, so two replicas cannot both store overlapping windows
+    of one device (each checked before the other committed). 64 bits of BLAKE2b: the same on
+    every replica, and a collision only serializes two devices' batches."""
+    digest = hashlib.blake2b(f"meterd window\0{node}\0{device}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
 FIRST_YEAR, LAST_YEAR = 2000, 2099  # months with a partition of their own
 
 POSTGRES = Dialect(
@@ -256,17 +269,29 @@ class PostgresStore(SQLStore):
         self._ensure_partitions(first.values())
         for attempt in range(5):
             try:
-                accepted = self._ingest_once(ordered, self._clock())
+                accepted, overlaps = self._ingest_once(events, ordered, self._clock())
             except _RETRIED:  # not expected with the ordered inserts; retried whole if it happens
                 if attempt == 4:
                     raise
                 time.sleep(0.05 * (attempt + 1))
                 continue
+            if overlaps:
+                return IngestResult(accepted=0, duplicates=0, overlaps=tuple(overlaps))
             return IngestResult(accepted=accepted, duplicates=len(events) - accepted)
         raise AssertionError("unreachable")
 
-    def _ingest_once(self, ordered: list[tuple[tuple[str, str], Parsed]], now: float) -> int:
+    def _ingest_once(self, events: Sequence[Parsed], ordered: list[tuple[tuple[str, str], Parsed]],
+                     now: float) -> tuple[int, list[dict[str, Any]]]:
         with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cur:
+            # The batch's devices, locked in one order on every replica (no deadlock), then the
+            # overlap check: it sees every window another replica committed before we got a lock.
+            for key in sorted({device_lock(p.window["node"], p.window["device"]) for p in events}):
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+            with conn.cursor(row_factory=dict_row) as read:
+                overlaps = overlap_errors(
+                    events, lambda *span: read.execute(STORED_WINDOWS_SQL.replace("?", "%s"), span).fetchall())
+            if overlaps:
+                return 0, overlaps  # nothing written: the transaction commits empty
             with cur.copy(_COPY_INCOMING) as copy:
                 for n, (_, p) in enumerate(ordered):
                     copy.write_row((n, p.source, p.id, p.key_ms, now, p.raw))
@@ -284,7 +309,7 @@ class PostgresStore(SQLStore):
                         n = n + 1 if u[0] == seq else 0
                         seq = u[0]
                         copy.write_row((*u, n))
-        return len(new)
+        return len(new), []
 
     def _ensure_partitions(self, parsed: Iterable[Parsed]) -> None:
         """The monthly partitions the batch's windows go to (events by the id's millisecond,

@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from meterd.collector.validation import MAX_WINDOW_S, TIME_TOLERANCE_S, Parsed
 from meterd.errors import StoreKindError, StoreUnavailable
@@ -66,8 +66,12 @@ def database_errors() -> tuple[type[BaseException], ...]:
 
 @dataclass(frozen=True)
 class IngestResult:
+    """What a batch's ingest did: events newly stored and duplicates skipped, or, where a window
+    overlaps another of its device (``overlaps``: one error each), nothing stored at all."""
+
     accepted: int
     duplicates: int
+    overlaps: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -129,10 +133,6 @@ class CollectorStore(abc.ABC):
     @abc.abstractmethod
     def ping(self) -> None:
         """Raise if the storage cannot answer (``GET /healthz``)."""
-
-    def overlapping(self, events: Sequence[Parsed]) -> list[dict[str, Any]]:
-        """Errors for events whose window overlaps another of its device (none by default)."""
-        return []
 
     @abc.abstractmethod
     def close(self) -> None: ...
@@ -379,35 +379,46 @@ class SQLStore(CollectorStore):
         self._fetch("SELECT 1 AS one")
 
     def overlapping(self, events: Sequence[Parsed]) -> list[dict[str, Any]]:
-        """Events whose window overlaps another window of the same (node, device) with a
-        different id, stored or in the same batch: one error each (a resend of the same id is a
-        duplicate, not an overlap). One query per device in the batch, over its time span."""
-        groups: dict[tuple[str, str], list[tuple[float, float, str, int | None]]] = {}
-        for i, p in enumerate(events):
-            w = p.window
-            groups.setdefault((w["node"], w["device"]), []).append((w["start"], w["end"], p.id, i))
-        errors: list[dict[str, Any]] = []
-        for (node, device), items in groups.items():
-            lo = min(t[0] for t in items) - MAX_WINDOW_S
-            hi = max(t[1] for t in items)
-            stored = self._fetch(
-                'SELECT w.start AS start, w."end" AS stop, e.id AS id FROM windows w JOIN events e ON e.seq = w.seq'
-                " WHERE w.node = ? AND w.device = ? AND w.start > ? AND w.start < ?", (node, device, lo, hi))
-            intervals = sorted([(r["start"], r["stop"], r["id"], None) for r in stored] + items,
-                               key=lambda t: (t[0], t[1]))
-            reach: tuple[float, float, str, int | None] | None = None  # the interval reaching furthest
-            for iv in intervals:
-                if reach is not None and iv[0] < reach[1] - TIME_TOLERANCE_S and iv[2] != reach[2]:
-                    index, other = (iv[3], reach) if iv[3] is not None else (reach[3], iv)
-                    if index is not None:
-                        errors.append({"index": index, "id": events[index].id, "field": "data.start",
-                                       "problem": f"the window overlaps window {other[2]} of device {device!r} "
-                                                  f"({other[1] - other[0]:g} s from {other[0]:.3f})"})
-                if reach is None or iv[1] > reach[1]:
-                    reach = iv
-        seen: set[int] = set()
-        return sorted((e for e in errors if not (e["index"] in seen or seen.add(e["index"]))),
-                      key=lambda e: e["index"])
+        """:func:`overlap_errors` against the stored windows, outside any ingest: what a batch
+        would be refused for now (ingest checks again, atomically, in its own transaction)."""
+        return overlap_errors(events, lambda *span: self._fetch(STORED_WINDOWS_SQL, span))
+
+
+#: The stored windows of one (node, device) starting in (lo, hi): ``?`` parameters node, device,
+#: lo, hi.
+STORED_WINDOWS_SQL = ('SELECT w.start AS start, w."end" AS stop, e.id AS id FROM windows w JOIN events e ON e.seq = w.seq'
+                      " WHERE w.node = ? AND w.device = ? AND w.start > ? AND w.start < ?")
+
+
+def overlap_errors(events: Sequence[Parsed],
+                   stored: Callable[[str, str, float, float], Iterable[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """Events whose window overlaps another window of the same (node, device) with a different
+    id, stored (``stored(node, device, lo, hi)``: rows of :data:`STORED_WINDOWS_SQL`) or in the
+    same batch: one error each (a resend of the same id is a duplicate, not an overlap). One
+    query per device in the batch, over its time span."""
+    groups: dict[tuple[str, str], list[tuple[float, float, str, int | None]]] = {}
+    for i, p in enumerate(events):
+        w = p.window
+        groups.setdefault((w["node"], w["device"]), []).append((w["start"], w["end"], p.id, i))
+    errors: list[dict[str, Any]] = []
+    for (node, device), items in groups.items():
+        lo = min(t[0] for t in items) - MAX_WINDOW_S
+        hi = max(t[1] for t in items)
+        intervals = sorted([(r["start"], r["stop"], r["id"], None) for r in stored(node, device, lo, hi)] + items,
+                           key=lambda t: (t[0], t[1]))
+        reach: tuple[float, float, str, int | None] | None = None  # the interval reaching furthest
+        for iv in intervals:
+            if reach is not None and iv[0] < reach[1] - TIME_TOLERANCE_S and iv[2] != reach[2]:
+                index, other = (iv[3], reach) if iv[3] is not None else (reach[3], iv)
+                if index is not None:
+                    errors.append({"index": index, "id": events[index].id, "field": "data.start",
+                                   "problem": f"the window overlaps window {other[2]} of device {device!r} "
+                                              f"({other[1] - other[0]:g} s from {other[0]:.3f})"})
+            if reach is None or iv[1] > reach[1]:
+                reach = iv
+    seen: set[int] = set()
+    return sorted((e for e in errors if not (e["index"] in seen or seen.add(e["index"]))),
+                  key=lambda e: e["index"])
 
 
 _TABLES = ("events", "windows", "usage", "tokens")
@@ -470,6 +481,11 @@ class SQLiteStore(SQLStore):
         now = self._clock()
         first = first_copies(events)
         with self._write():
+            # Inside the write lock (BEGIN IMMEDIATE): no other writer, in this process or another,
+            # can store an overlapping window between the check and the insert.
+            overlaps = overlap_errors(events, lambda *span: _dicts(self.conn.execute(STORED_WINDOWS_SQL, span)))
+            if overlaps:
+                return IngestResult(accepted=0, duplicates=0, overlaps=tuple(overlaps))
             # One multi-row INSERT per table (in chunks under SQLite's limit on parameters).
             # The events insert skips what the UNIQUE (source, id) constraint already holds and
             # returns the rows it did insert: only those get windows and usage rows.

@@ -107,6 +107,39 @@ def test_concurrent_replicas_count_every_event_once_without_deadlocks(pg_url):
             s.close()
 
 
+def test_two_replicas_never_both_store_overlapping_windows_of_one_device(pg_url):
+    """Two replicas get, at the same instant, windows of one device that overlap under different
+    ids (a node's clock stepped; a second agent on the same GPU): for every pair exactly one is
+    stored and the other refused with the overlap, never both. The check runs in the ingest's
+    transaction under the device's advisory lock; checked outside it, both passed often."""
+    _, PostgresStore = _pg(pg_url)
+    stores = [PostgresStore(pg_url) for _ in range(2)]
+    try:
+        pairs = 40
+        barrier = threading.Barrier(2)
+
+        def send(i):
+            got = []
+            for k in range(pairs):
+                start = DEC_1 - 86400 + 600 * k + 30 * i  # the two windows of pair k overlap by 30 s
+                (p,), errors = check_batch([make_event("n1", "GPU-0", start)])
+                assert errors == []
+                barrier.wait()
+                got.append(stores[i].ingest([p]))
+            return got
+
+        with ThreadPoolExecutor(2) as pool:
+            a, b = pool.map(send, range(2))
+        for k, (x, y) in enumerate(zip(a, b)):
+            assert sorted((x.accepted, y.accepted)) == [0, 1], k
+            refused = x if x.accepted == 0 else y
+            assert len(refused.overlaps) == 1 and "overlaps window" in refused.overlaps[0]["problem"]
+        assert stores[0].counts()["windows"] == pairs
+    finally:
+        for s in stores:
+            s.close()
+
+
 def test_synchronous_commit_is_never_off_for_the_store(pg_url):
     """A database configured with synchronous_commit = off (fast, but an acknowledged batch could
     be lost in a crash): the store's sessions turn it back on."""
