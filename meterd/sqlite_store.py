@@ -88,6 +88,26 @@ class Immediate:
         self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
 
 
+class Snapshot:
+    """``BEGIN`` ... ``COMMIT`` around reads that must see one state of the database (in WAL
+    mode every statement inside reads the snapshot the first one took, while a writer goes on
+    committing). Inside a transaction the caller already holds, it adds none."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        self.began = False
+
+    def __enter__(self) -> sqlite3.Connection:
+        if not self.conn.in_transaction:
+            self.conn.execute("BEGIN")
+            self.began = True
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.began and self.conn.in_transaction:
+            self.conn.execute("COMMIT")
+
+
 def run_script(conn: sqlite3.Connection, sql: str) -> None:
     """Statement by statement: ``executescript`` would COMMIT the migration's transaction.
     (The statements must not contain a ``;`` inside a literal or a comment.)"""

@@ -29,6 +29,7 @@ from meterd.agent.store_queries import (grouped_cells, grouped_usage_with_rest, 
                                         range_cells, window_span)
 from meterd.errors import CollectorDown, CollectorRefused, EmptyStore, NoData, QueryError
 from meterd.reports.aggregate import IDLE, Ceiling, Cells, ReportError, per_model
+from meterd.sqlite_store import Snapshot
 from meterd.units import DAY, HOUR, iso, parse_iso
 
 if TYPE_CHECKING:
@@ -74,6 +75,15 @@ def finest(by: Sequence[str]) -> int | None:
 
 def read_store(store: Store, by: Sequence[str], f: Filters, *, with_bench: bool = True,
                grouped: bool = True) -> Cells:
+    """:func:`_read_store` from one snapshot of the store: its several statements (whole and
+    usage cells, a report by model's models and idle rest) see the same windows while the
+    agent goes on committing."""
+    with Snapshot(store.conn):
+        return _read_store(store, by, f, with_bench=with_bench, grouped=grouped)
+
+
+def _read_store(store: Store, by: Sequence[str], f: Filters, *, with_bench: bool,
+                grouped: bool) -> Cells:
     """The cells of a report over a local store. Raises EmptyStore, NoData, ReportError.
 
     ``grouped`` (the default): the store sums the cells to the report's keys in SQL

@@ -119,6 +119,35 @@ def test_large_reports_come_as_columns_and_agree(busy, monkeypatch, numpy_from):
         same(fast.totals, ref.totals)
 
 
+def test_a_report_reads_one_snapshot_while_the_agent_commits(busy, monkeypatch):  # noqa: F811
+    """A report by model reads its models and its idle rest in two statements; a commit landing
+    between them (here more usage cost in the hourly rollups, through another connection) must
+    not show: the totals are those of one state of the store, the one before the commit."""
+    import sqlite3
+
+    import meterd.agent.store_queries as queries
+
+    by = ["model", "hour"]
+    before = aggregate(read_store(busy, by, Filters()), by).totals
+    rows, calls = queries._rows, []
+
+    def commit_between(store, sql, args, table=False):
+        out = rows(store, sql, args, table)
+        calls.append(sql)
+        if len(calls) == 1:
+            other = sqlite3.connect(busy.path, isolation_level=None, timeout=5)
+            other.execute("UPDATE rollups SET cost_micro = cost_micro + 1000 WHERE model != ''")
+            other.close()
+        return out
+
+    monkeypatch.setattr(queries, "_rows", commit_between)
+    got = aggregate(read_store(busy, by, Filters()), by).totals
+    assert len(calls) == 2  # the models, then the rest: two statements
+    assert got["cost_micro"] == before["cost_micro"]
+    monkeypatch.undo()
+    assert aggregate(read_store(busy, by, Filters()), by).totals["cost_micro"] == before["cost_micro"]
+
+
 def test_the_fleet_by_every_key_pair(fleet):
     for by in itertools.permutations(["node", "device", "model", "tenant", "hour", "day", "week"], 2):
         fast, ref = both(fleet, list(by), Filters())
