@@ -163,54 +163,21 @@ def _bucket_sql(col: str, size: int | None) -> str:
 
 def _cells(store: Store, source: str, lo: float, hi: float, size: int | None, usage: bool,
            idle_time: bool, f: dict[str, str | None]) -> list[dict[str, Any]]:
-    where, args = [], []
-    if source == "raw":
-        t = "w."
-        where += ["w.start >= ?", "w.start < ?"]
-        sums = dict(_RAW_USAGE if usage else _RAW_WHOLE)
-        # Windows by their start first, then their usage rows: without statistics SQLite would
-        # scan every usage row (or every window, to save a sort for the GROUP BY).
-        frm = "windows w INDEXED BY windows_start" + (
-            " CROSS JOIN window_usage u ON u.window_id = w.id" if usage else "")
-        time_col, m = "w.start", "u."
-    else:
-        t = ""
-        where += ["period = ?", "bucket >= ?", "bucket < ?"]
-        args.append(source)
-        sums = {k: k for k in SUMS}
-        frm = "rollups"
-        time_col, m = "bucket", ""
-        where.append("model != ''" if usage else "model = '' AND tenant = ''")
-    if usage or not idle_time:  # read only for the (idle) row of a report by model or tenant
-        for k in IDLE_TIME:
-            sums.pop(k, None)
-    args += [lo, hi]
-    for col in ("node", "device"):
-        if f[col] is not None:
-            where.append(f"{t}{col} = ?")
-            args.append(f[col])
-    keys = [f"{t}node AS node", f"{t}device AS device", f"{_bucket_sql(time_col, size)} AS t"]
-    group = ["node", "device", "t"]
-    if usage:
-        for col in ("model", "tenant"):
-            if f[col] is not None:
-                where.append(f"{m}{col} = ?")
-                args.append(f[col])
-        keys += [f"{m}model AS model", f"{m}tenant AS tenant"]
-        group += ["model", "tenant"]
+    """One piece's cells (:func:`_piece`'s rows) by (node, device, ``t``) and, for usage cells,
+    (model, tenant)."""
+    sql, args = _piece(source, lo, hi, usage, idle_time, f)
+    # IDLE_TIME: read only for the (idle) row of a report by model or tenant
+    sums = [k for k in SUMS if not (k in IDLE_TIME and (usage or not idle_time))]
+    group = ["node", "device", "t", *(["model", "tenant"] if usage else [])]
+    keys = [f"{_bucket_sql('ts', size)} AS t" if k == "t" else k for k in group]
     if source != "raw" and size == PERIODS[source]:
         # Rollup rows are already the cells (one per key: the table's primary key), so no
         # GROUP BY: SQLite's sorter was most of a year by hour. The ORDER BY gives the cells in
         # the order the GROUP BY did, so every float sum adds in the same order as before.
-        keys[2] = "CAST(bucket AS INTEGER) AS t"
-        sql = (f"SELECT {', '.join(keys)}, {', '.join(f'{e} AS {k}' for k, e in sums.items())} "
-               f"FROM {frm} WHERE {' AND '.join(where)} ORDER BY {', '.join(group)}")
-    else:
-        sql = (f"SELECT {', '.join(keys)}, {', '.join(f'sum({e}) AS {k}' for k, e in sums.items())} "
-               f"FROM {frm} WHERE {' AND '.join(where)} GROUP BY {', '.join(group)}")
-    cur = store.conn.execute(sql, args)
-    names = [d[0] for d in cur.description]
-    return [dict(zip(names, r)) for r in cur]
+        keys[2] = "CAST(ts AS INTEGER) AS t"
+        return _rows(store, f"SELECT {', '.join(keys + sums)} FROM ({sql}) ORDER BY {', '.join(group)}", args)
+    return _rows(store, f"SELECT {', '.join(keys + [f'sum({k}) AS {k}' for k in sums])} FROM ({sql}) "
+                        f"GROUP BY {', '.join(group)}", args)
 
 
 # -- grouped in SQL -----------------------------------------------------------------------------

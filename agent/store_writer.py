@@ -28,6 +28,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from meterd.errors import first_line
+
 log = logging.getLogger(__name__)
 
 DEFAULT_MAX_PENDING_WINDOWS = 20_000  # 8 GPUs and the CPU at 60 s windows: about 37 hours
@@ -70,7 +72,7 @@ def rollback_quietly(conn: sqlite3.Connection) -> None:
 
 def sqlite_reason(e: BaseException) -> str:
     """One line: the SQLite error and what it means for the operator."""
-    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    msg = first_line(e, limit=None)
     name = getattr(e, "sqlite_errorname", None)
     if name == "SQLITE_FULL" or "full" in msg:
         return f"the disk holding the store is full ({msg})"

@@ -29,6 +29,7 @@ from meterd.collector.auth import Principal, authenticate
 from meterd.collector.export import parse_bound, ratios
 from meterd.collector.store import GROUP_KEYS, CollectorStore, IngestResult, Query, database_errors
 from meterd.collector.validation import Checked, MalformedJSON, WrongShape, check_body
+from meterd.errors import first_line
 
 SINGLE_CONTENT_TYPE = "application/cloudevents+json"
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
@@ -48,13 +49,9 @@ async def _read(query: Any, *args: Any) -> Any:
     try:
         return await run_in_threadpool(query, *args)
     except _DB_ERRORS as e:
-        log.error("collector database cannot answer a query: %s", _first_line(e))
-        raise _Refused(503, "the collector's database cannot answer now, retry later", detail=_first_line(e),
+        log.error("collector database cannot answer a query: %s", first_line(e))
+        raise _Refused(503, "the collector's database cannot answer now, retry later", detail=first_line(e),
                        retry_after=5) from None
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).splitlines()[0][:300] if str(e) else type(e).__name__
 MAX_LIMIT = 10_000
 
 
@@ -72,7 +69,7 @@ class _Health:
         self.error: str | None = None
 
     def failed(self, e: BaseException) -> None:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = first_line(e, limit=None)
         if self.error != msg:
             log.error("collector database cannot take writes: %s", msg)
         self.error = msg
@@ -147,7 +144,7 @@ def create_app(store: CollectorStore, *, max_body_bytes: int = DEFAULT_MAX_BODY_
         except _DB_ERRORS as e:  # the database cannot take the batch now: the node retries it
             health.failed(e)
             raise _Refused(503, "the collector's database cannot store events now; nothing was stored, "
-                                "retry later", detail=_first_line(e),
+                                "retry later", detail=first_line(e),
                            retry_after=5) from None
         if result is not None:
             health.ok()
@@ -197,7 +194,7 @@ def create_app(store: CollectorStore, *, max_body_bytes: int = DEFAULT_MAX_BODY_
             await run_in_threadpool(probe)
         except Exception as e:  # readiness reports any storage failure, it never raises
             health.failed(e)
-            return _reply(503, {"status": "not ready", "error": str(e).splitlines()[0][:300] if str(e) else type(e).__name__})
+            return _reply(503, {"status": "not ready", "error": first_line(e)})
         health.ok()
         return _reply(200, {"status": "ready"})
 

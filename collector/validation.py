@@ -24,6 +24,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from meterd.agent.events import EVENT_TYPE, METERD_NAMESPACE, event_id
+from meterd.errors import first_line
 from meterd.limits import InputError, check_strings, has_lone_surrogate_escape, nesting_depth
 from meterd.units import parse_iso
 
@@ -619,7 +620,7 @@ def _check_slowly(body: bytes, node: str, single: bool, max_errors: int) -> Chec
         payload = json.loads(body)
         check_strings(payload)
     except (ValueError, UnicodeDecodeError, RecursionError, InputError) as e:
-        raise MalformedJSON(str(e).splitlines()[0][:300] if str(e) else type(e).__name__) from None
+        raise MalformedJSON(first_line(e)) from None
     if single:
         if not isinstance(payload, dict):
             raise WrongShape("one JSON object")

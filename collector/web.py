@@ -27,7 +27,7 @@ from starlette.routing import Route
 from meterd.collector.auth import SESSION_COOKIE, SESSION_S, authenticate, open_session, session_principal
 from meterd.collector.export import parse_bound, ratios
 from meterd.collector.store import CollectorStore, Query, database_errors
-from meterd.errors import QueryError
+from meterd.errors import QueryError, first_line
 from meterd.reports.aggregate import DEFAULT_BY, Cells, ReportError, parse_by
 from meterd.reports.query import Filters, cells_of_groups, collector_params
 from meterd.units import iso
@@ -164,7 +164,7 @@ def routes(store: CollectorStore) -> list[Route]:
             return _page("meter report", "<h1>meter report</h1>" + controls
                          + f'<p class="error" role="alert">{_e(e)}</p>', 400)
         except db_errors as e:  # the figures cannot be read now: say so, in one line, and keep the form
-            why = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            why = first_line(e)
             log.error("collector database cannot answer the report: %s", why)
             return _page("meter report", "<h1>meter report</h1>" + controls
                          + f'<p class="error" role="alert">the collector\'s database cannot answer now, '

@@ -42,6 +42,16 @@ Only the `meter` group (agent/cli.py) catches them broadly.
 """
 
 
+def first_line(e: BaseException, limit: int | None = 300) -> str:
+    """An exception's message as one line for a log line or an error body: its first line (cut
+    at ``limit`` characters; None: whole), or its type's name when it has no message."""
+    text = str(e)
+    if not text:
+        return type(e).__name__
+    line = text.splitlines()[0]
+    return line if limit is None else line[:limit]
+
+
 class MeterError(Exception):
     """Base of every error meterd raises on purpose."""
 

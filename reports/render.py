@@ -37,6 +37,7 @@ def _columns(report: Report, blank: Any = None) -> list[list[Any]]:
     figures as ``blank``: column by column (a year by hour and device is 70,080 rows), from the
     report's own columns where it holds them (reports/aggregate.Rows)."""
     out = [list(report.column(k)) for k in report.by]
+    # _round, written out: a year by hour and device is two million values
     for k in FIELDS:
         out.append([blank if v is None else round(v, 9) if type(v) is float else v for v in report.column(k)])
     return out

@@ -92,3 +92,12 @@ def test_units_time_format_listen_and_store_setup_have_one_home():
                 found.setdefault(pattern, set()).add(f)
     for pattern, home in ONE_HOME:
         assert found.get(pattern, set()) <= home, (pattern, found.get(pattern))
+
+
+def test_first_line_of_an_exception_is_one_line_cut_or_its_type():
+    from meterd.errors import first_line
+
+    assert first_line(ValueError("no such table: usage\nat line 2")) == "no such table: usage"
+    assert first_line(ValueError("x" * 400)) == "x" * 300
+    assert first_line(ValueError("x" * 400), limit=None) == "x" * 400
+    assert first_line(OSError()) == "OSError"
